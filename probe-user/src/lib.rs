@@ -1,0 +1,18 @@
+//! sonde, the daemon: load and attach the kernel programs, then run the
+//! pipeline ring buffer → decode → pair → name routes → aggregate → export.
+//!
+//! Everything after `source` is pure logic, free of aya types, so it runs on
+//! recorded events in unit tests.
+pub mod btf;
+pub mod cli;
+pub mod conn;
+pub mod event;
+pub mod exchange;
+pub mod http1;
+pub mod loader;
+pub mod metrics;
+pub mod pipeline;
+pub mod process;
+pub mod route;
+pub mod server;
+pub mod source;
