@@ -519,33 +519,47 @@ fn copy_chunk(dst: &mut [u8; 2 * MAX_CAPTURE], off: u64, src: u64, n: u64) -> u6
     n as u64
 }
 
-/// Does this payload start (or could it start, if short) an HTTP/1.x
+/// An HTTP/1.x message start as a little-endian word of up to 8 bytes and
+/// its length, so the check is a few register compares (no pointers into
+/// .rodata, which the verifier would not follow).
+const fn token(t: &[u8]) -> (u64, u64) {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < t.len() && i < 8 {
+        v |= (t[i] as u64) << (8 * i);
+        i += 1;
+    }
+    (v, i as u64)
+}
+
+const TOKENS: [(u64, u64); 10] = [
+    token(b"GET /"),
+    token(b"POST /"),
+    token(b"PUT /"),
+    token(b"HEAD /"),
+    token(b"DELETE /"),
+    token(b"PATCH /"),
+    token(b"OPTIONS "),
+    token(b"CONNECT "),
+    token(b"TRACE /"),
+    token(b"HTTP/1."),
+];
+
+/// Does this payload start (or could it start, if it is short) an HTTP/1.x
 /// request or response?
 #[inline(always)]
 fn looks_like_http(p: &[u8; 2 * MAX_CAPTURE], n: u64) -> bool {
     if n == 0 {
         return false;
     }
-    let mut head = [0u8; 8];
-    head.copy_from_slice(&p[..8]);
-    let n = if n > 8 { 8 } else { n as usize };
-    const TOKENS: [&[u8]; 10] = [
-        b"GET /", b"POST /", b"PUT /", b"HEAD /", b"DELETE /", b"PATCH /", b"OPTIONS ",
-        b"CONNECT ", b"TRACE /", b"HTTP/1.",
-    ];
+    let head = u64::from_le_bytes([p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]]);
+    let n = if n > 8 { 8 } else { n };
     let mut t = 0;
     while t < TOKENS.len() {
-        let tok = TOKENS[t];
-        let m = if n < tok.len() { n } else { tok.len() };
-        let mut i = 0;
-        let mut ok = true;
-        while i < 8 {
-            if i < m && head[i] != tok[i] {
-                ok = false;
-            }
-            i += 1;
-        }
-        if ok {
+        let (word, len) = TOKENS[t];
+        let m = if n < len { n } else { len };
+        let mask = if m >= 8 { u64::MAX } else { (1u64 << (8 * m)) - 1 };
+        if head & mask == word & mask {
             return true;
         }
         t += 1;

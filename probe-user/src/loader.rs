@@ -1,1 +1,267 @@
-//! (to be written)
+//! Stage 0: load the kernel programs, attach them to their tracepoints and
+//! hand out the maps the daemon talks to.
+//!
+//! Every precondition (root, BTF, tracefs, each tracepoint) is checked here
+//! so that a node that cannot run sonde gets one line naming the problem.
+use std::{collections::HashSet, path::Path};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use probe_common::{counter, globals, maps, Config, ConnKey, ConnState};
+
+use crate::btf::{self, Btf, BtfError};
+
+/// The eBPF object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Every syscall whose exit the shared exit program handles.
+const EXITS: &[&str] = &[
+    "sys_exit_read",
+    "sys_exit_recvfrom",
+    "sys_exit_readv",
+    "sys_exit_recvmsg",
+    "sys_exit_write",
+    "sys_exit_sendto",
+    "sys_exit_writev",
+    "sys_exit_sendmsg",
+    "sys_exit_sendfile64",
+    "sys_exit_accept",
+    "sys_exit_accept4",
+    "sys_exit_connect",
+];
+
+/// Program name → the tracepoints (category, name) it is attached to.
+const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
+    ("enter_read", "syscalls", &["sys_enter_read", "sys_enter_recvfrom"]),
+    ("enter_readv", "syscalls", &["sys_enter_readv"]),
+    ("enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
+    ("enter_write", "syscalls", &["sys_enter_write", "sys_enter_sendto"]),
+    ("enter_writev", "syscalls", &["sys_enter_writev"]),
+    ("enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
+    ("enter_sendfile", "syscalls", &["sys_enter_sendfile64"]),
+    ("enter_accept", "syscalls", &["sys_enter_accept", "sys_enter_accept4"]),
+    ("enter_connect", "syscalls", &["sys_enter_connect"]),
+    ("enter_close", "syscalls", &["sys_enter_close"]),
+    ("sys_exit_call", "syscalls", EXITS),
+    ("sock_length", "sock", &["sock_recv_length", "sock_send_length"]),
+    ("process_exit", "sched", &["sched_process_exit"]),
+    ("process_fork", "sched", &["sched_process_fork"]),
+    ("process_exec", "sched", &["sched_process_exec"]),
+];
+
+/// Kernel counters in `COUNTERS` that are losses, with their metric label.
+pub const LOSS_REASONS: &[(u32, &str)] = &[
+    (counter::RINGBUF_FULL, "ringbuf_full"),
+    (counter::CONN_TABLE_FULL, "conn_table_full"),
+    (counter::CALL_TABLE_FULL, "call_table_full"),
+    (counter::PID_TABLE_FULL, "pid_table_full"),
+    (counter::COPY_FAILED, "copy_failed"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("sonde must run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs")]
+    NotRoot,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("kernel layout differs from what the programs assume: struct sock_common.{field} is at offset {actual}, expected {expected}")]
+    Layout { field: &'static str, actual: u32, expected: u32 },
+    #[error("tracefs is not available at {TRACEFS} and could not be mounted: {0}")]
+    Tracefs(String),
+    #[error("the kernel has no tracepoint {0}:{1} (sonde needs syscall and sock tracepoints, Linux >= 6.3)")]
+    MissingTracepoint(&'static str, &'static str),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(String),
+    #[error("attaching {program} to {category}:{name} failed: {reason}")]
+    Attach { program: &'static str, category: &'static str, name: &'static str, reason: String },
+    #[error("eBPF map {0} is missing or of the wrong type")]
+    Map(&'static str),
+}
+
+/// What to load, from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub capture_bytes: u32,
+    pub ports: Vec<u16>,
+    /// Observe only these tgids (and their children), when `filter_pids`.
+    pub pids: Vec<u32>,
+    pub filter_pids: bool,
+    /// Report exec events so userspace can extend the pid filter (`--exe`).
+    pub notify_exec: bool,
+    /// Peer port whose connections are not observed (sonde's own endpoint).
+    pub ignore_peer_port: u16,
+    pub ringbuf_bytes: u32,
+    pub max_connections: u32,
+}
+
+/// The loaded, attached programs and the maps userspace uses. Dropping it
+/// detaches every program.
+pub struct Probe {
+    _ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    conns: BpfHashMap<MapData, ConnKey, ConnState>,
+    pid_filter: BpfHashMap<MapData, u32, u32>,
+    attached: usize,
+}
+
+pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LoadError::NotRoot);
+    }
+    let btf = Btf::from_file(Path::new(btf::VMLINUX))?;
+    check_layout(&btf)?;
+    let off = btf::sock_offsets(&btf)?;
+    ensure_tracefs()?;
+    for (_, category, names) in ATTACHMENTS {
+        for name in *names {
+            if !Path::new(TRACEFS).join("events").join(category).join(name).exists() {
+                return Err(LoadError::MissingTracepoint(category, name));
+            }
+        }
+    }
+
+    let config = Config {
+        self_tgid: std::process::id(),
+        capture_bytes: s.capture_bytes.min(probe_common::MAX_CAPTURE as u32),
+        filter_pids: s.filter_pids as u32,
+        filter_ports: !s.ports.is_empty() as u32,
+        ignore_peer_port: s.ignore_peer_port as u32,
+        notify_exec: s.notify_exec as u32,
+        v6_daddr_off: off.v6_daddr,
+        v6_saddr_off: off.v6_rcv_saddr,
+        // Wake the reader early once an eighth of the buffer is waiting.
+        wakeup_bytes: s.ringbuf_bytes / 8,
+        _pad: 0,
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global(globals::CONFIG, &config, true)
+        .map_max_entries(maps::EVENTS, s.ringbuf_bytes)
+        .map_max_entries(maps::CONNS, s.max_connections)
+        .map_max_entries(maps::CALLS, s.max_connections.max(16384))
+        .load(OBJECT)
+        .map_err(|e| LoadError::Load(error_chain(&e)))?;
+
+    let mut attached = 0;
+    for (program, category, names) in ATTACHMENTS {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| LoadError::Load(format!("program {program} not in the object")))?
+            .try_into()
+            .map_err(|e| LoadError::Load(format!("{program}: {e}")))?;
+        prog.load().map_err(|e| LoadError::Load(format!("{program}: {}", error_chain(&e))))?;
+        for name in *names {
+            prog.attach(category, name).map_err(|e| LoadError::Attach {
+                program,
+                category,
+                name,
+                reason: error_chain(&e),
+            })?;
+            attached += 1;
+        }
+    }
+
+    let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(|_| LoadError::Map(maps::EVENTS))?;
+    let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(|_| LoadError::Map(maps::COUNTERS))?;
+    let conns = BpfHashMap::try_from(take(&mut ebpf, maps::CONNS)?).map_err(|_| LoadError::Map(maps::CONNS))?;
+    let pid_filter =
+        BpfHashMap::try_from(take(&mut ebpf, maps::PID_FILTER)?).map_err(|_| LoadError::Map(maps::PID_FILTER))?;
+    let mut port_filter: BpfHashMap<MapData, u32, u32> =
+        BpfHashMap::try_from(take(&mut ebpf, maps::PORT_FILTER)?).map_err(|_| LoadError::Map(maps::PORT_FILTER))?;
+    for &p in &s.ports {
+        port_filter
+            .insert(p as u32, 1, 0)
+            .map_err(|e| LoadError::Load(format!("port filter: {e}")))?;
+    }
+    let mut probe = Probe {
+        _ebpf: ebpf,
+        counters,
+        conns,
+        pid_filter,
+        attached,
+    };
+    for &pid in &s.pids {
+        probe.allow_pid(pid);
+    }
+    Ok((probe, events))
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+    ebpf.take_map(name).ok_or(LoadError::Map(name))
+}
+
+/// The programs read the head of `struct sock_common` at fixed offsets
+/// (unchanged since Linux 2.6); refuse to run on a kernel where that is false
+/// rather than report wrong addresses.
+fn check_layout(btf: &Btf) -> Result<(), LoadError> {
+    for (field, expected) in [("skc_daddr", 0), ("skc_rcv_saddr", 4), ("skc_dport", 12), ("skc_num", 14), ("skc_family", 16)] {
+        let actual = btf.member_offset("sock_common", field)?;
+        if actual != expected {
+            return Err(LoadError::Layout { field, actual, expected });
+        }
+    }
+    Ok(())
+}
+
+fn ensure_tracefs() -> Result<(), LoadError> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
+    let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(LoadError::Tracefs(std::io::Error::last_os_error().to_string()));
+    }
+    Ok(())
+}
+
+/// aya errors nest their cause (often the verifier log); keep it on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl Probe {
+    /// Tracepoint attachments made (one per program per tracepoint).
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    /// Current totals of the kernel's loss counters, summed over CPUs.
+    pub fn losses(&self) -> Vec<(&'static str, u64)> {
+        LOSS_REASONS.iter().map(|&(idx, label)| (label, self.counter(idx))).collect()
+    }
+
+    fn counter(&self, idx: u32) -> u64 {
+        self.counters
+            .get(&idx, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Adds a process to the pid filter (a `--exe` match found after start).
+    pub fn allow_pid(&mut self, tgid: u32) {
+        if self.pid_filter.insert(tgid, 1, 0).is_err() {
+            tracing::warn!(tgid, "pid filter full: process not observed");
+        }
+    }
+
+    /// Deletes kernel connection entries of processes that no longer exist
+    /// (processes that exit do not close their fds through close(2)).
+    /// Returns how many were removed.
+    pub fn sweep_connections(&mut self, alive: impl Fn(u32) -> bool) -> usize {
+        let dead: HashSet<ConnKey> = self.conns.keys().filter_map(Result::ok).filter(|k| !alive(k.tgid)).collect();
+        dead.iter().filter(|k| self.conns.remove(k).is_ok()).count()
+    }
+}
