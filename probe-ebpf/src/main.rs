@@ -19,18 +19,18 @@
 #[allow(non_camel_case_types)]
 mod abi;
 
+use abi::{iovec, user_msghdr};
 use aya_ebpf::{
     cty::c_void,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output},
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use abi::{iovec, user_msghdr};
 use probe_common::{
     counter, kind, proto, role, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader,
     MAX_CAPTURE,
@@ -277,7 +277,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let cfg = config();
     match call.op {
         op::ACCEPT if ret >= 0 => track_new(&cfg, tgid, ret as u32, role::SERVER),
-        op::CONNECT if ret == 0 || ret == -EINPROGRESS => track_new(&cfg, tgid, call.fd, role::CLIENT),
+        op::CONNECT if ret == 0 || ret == -EINPROGRESS => {
+            track_new(&cfg, tgid, call.fd, role::CLIENT)
+        }
         op::ACCEPT | op::CONNECT => {}
         _ if call.sk != 0 && ret > 0 => on_data(&cfg, ctx, pid_tgid, &call, ret as u64),
         _ => {}
@@ -440,7 +442,11 @@ fn on_data(cfg: &Config, ctx: &TracePointContext, pid_tgid: u64, call: &Call, re
             tid: pid_tgid as u32,
             fd: call.fd,
         },
-        total_len: if ret > u32::MAX as u64 { u32::MAX } else { ret as u32 },
+        total_len: if ret > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            ret as u32
+        },
         captured: captured as u32,
     };
     let len = (HDR_LEN as u64 + captured) & (2 * MAX_CAPTURE as u64 - 1);
@@ -558,7 +564,11 @@ fn looks_like_http(p: &[u8; 2 * MAX_CAPTURE], n: u64) -> bool {
     while t < TOKENS.len() {
         let (word, len) = TOKENS[t];
         let m = if n < len { n } else { len };
-        let mask = if m >= 8 { u64::MAX } else { (1u64 << (8 * m)) - 1 };
+        let mask = if m >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * m)) - 1
+        };
         if head & mask == word & mask {
             return true;
         }
@@ -592,13 +602,16 @@ fn emit_open(cfg: &Config, key: &ConnKey, st: &ConnState, pid_tgid: u64) {
     ev.local_port = local;
     ev.peer_port = peer;
     if family == AF_INET6 && cfg.v6_daddr_off != 0 {
-        ev.peer_addr = unsafe { bpf_probe_read_kernel((sk + cfg.v6_daddr_off as u64) as *const [u8; 16]) }
-            .unwrap_or([0; 16]);
-        ev.local_addr = unsafe { bpf_probe_read_kernel((sk + cfg.v6_saddr_off as u64) as *const [u8; 16]) }
-            .unwrap_or([0; 16]);
+        ev.peer_addr =
+            unsafe { bpf_probe_read_kernel((sk + cfg.v6_daddr_off as u64) as *const [u8; 16]) }
+                .unwrap_or([0; 16]);
+        ev.local_addr =
+            unsafe { bpf_probe_read_kernel((sk + cfg.v6_saddr_off as u64) as *const [u8; 16]) }
+                .unwrap_or([0; 16]);
     } else {
         // skc_daddr and skc_rcv_saddr open struct sock_common.
-        let pair: [u8; 8] = unsafe { bpf_probe_read_kernel(sk as *const [u8; 8]) }.unwrap_or([0; 8]);
+        let pair: [u8; 8] =
+            unsafe { bpf_probe_read_kernel(sk as *const [u8; 8]) }.unwrap_or([0; 8]);
         ev.peer_addr[..4].copy_from_slice(&pair[..4]);
         ev.local_addr[..4].copy_from_slice(&pair[4..]);
     }

@@ -73,11 +73,11 @@ impl Btf {
             let info = u32_at(&data, off + 4)?;
             let vlen = (info & 0xffff) as usize;
             let extra = match (info >> 24) & 0x1f {
-                1 | 14 | 17 => 4,           // int, var, decl_tag
-                3 => 12,                    // array
+                1 | 14 | 17 => 4,             // int, var, decl_tag
+                3 => 12,                      // array
                 4 | 5 | 15 | 19 => 12 * vlen, // struct, union, datasec, enum64
-                6 | 13 => 8 * vlen,         // enum, func_proto
-                2 | 7..=12 | 16 | 18 => 0,  // ptr, fwd, typedef, qualifiers, func, float, type_tag
+                6 | 13 => 8 * vlen,           // enum, func_proto
+                2 | 7..=12 | 16 | 18 => 0, // ptr, fwd, typedef, qualifiers, func, float, type_tag
                 _ => return Err(BtfError::Malformed("unknown type kind")),
             };
             off += 12 + extra;
@@ -85,7 +85,12 @@ impl Btf {
         if off != type_end {
             return Err(BtfError::Malformed("type section length"));
         }
-        Ok(Btf { data, types, str_start, str_end })
+        Ok(Btf {
+            data,
+            types,
+            str_start,
+            str_end,
+        })
     }
 
     fn name(&self, name_off: u32) -> &[u8] {
@@ -137,7 +142,11 @@ impl Btf {
             let name = u32_at(&self.data, m).ok()?;
             let ty = u32_at(&self.data, m + 4).ok()?;
             let raw = u32_at(&self.data, m + 8).ok()?;
-            let bits = if bitfield_offsets { raw & 0xff_ffff } else { raw };
+            let bits = if bitfield_offsets {
+                raw & 0xff_ffff
+            } else {
+                raw
+            };
             if name != 0 && self.name(name) == member {
                 return Some(bits);
             }
@@ -188,7 +197,11 @@ mod tests {
         let strings = b"\0int\0outer\0a\0x\0y\0z\0".to_vec();
         let s = |n: &str| {
             let needle = format!("\0{n}\0");
-            strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() as u32 + 1
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
         };
         let mut t: Vec<u32> = Vec::new();
         // 1: int (kind 1, size 4, + 4 bytes encoding)
@@ -200,12 +213,31 @@ mod tests {
         // 4: typedef of 3 (kind 8) — members may point through typedefs
         t.extend([0, 8 << 24, 3]);
         // 5: struct outer { int a @0; <anon typedef→union> @64; int z @128 }
-        t.extend([s("outer"), (KIND_STRUCT << 24) | 3, 20, s("a"), 1, 0, 0, 4, 64, s("z"), 1, 128]);
+        t.extend([
+            s("outer"),
+            (KIND_STRUCT << 24) | 3,
+            20,
+            s("a"),
+            1,
+            0,
+            0,
+            4,
+            64,
+            s("z"),
+            1,
+            128,
+        ]);
         let types: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut d = Vec::new();
         d.extend(MAGIC.to_le_bytes());
         d.extend([1u8, 0]);
-        for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             d.extend(v.to_le_bytes());
         }
         d.extend(types);
@@ -224,7 +256,10 @@ mod tests {
             btf.member_offset("outer", "nope"),
             Err(BtfError::NoMember("outer".into(), "nope".into()))
         );
-        assert_eq!(btf.member_offset("inner", "x"), Err(BtfError::NoStruct("inner".into())));
+        assert_eq!(
+            btf.member_offset("inner", "x"),
+            Err(BtfError::NoStruct("inner".into()))
+        );
     }
 
     #[test]

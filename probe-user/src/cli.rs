@@ -81,7 +81,9 @@ fn parse_regex(s: &str) -> Result<Regex, String> {
 }
 
 fn parse_pow2_mib(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|_| format!("`{s}` is not a number of MiB"))?;
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of MiB"))?;
     if !(1..=1024).contains(&n) || !n.is_power_of_two() {
         return Err(format!("{n} MiB: must be a power of two from 1 to 1024"));
     }
@@ -107,7 +109,16 @@ mod tests {
 
     #[test]
     fn repeatable_and_comma_separated() {
-        let c = parse(&["--port", "80", "--port=8080,9090", "--pid", "1,2", "--exe", "^nginx$"]).unwrap();
+        let c = parse(&[
+            "--port",
+            "80",
+            "--port=8080,9090",
+            "--pid",
+            "1,2",
+            "--exe",
+            "^nginx$",
+        ])
+        .unwrap();
         assert_eq!(c.ports, vec![80, 8080, 9090]);
         assert_eq!(c.pids, vec![1, 2]);
         assert!(c.exe.unwrap().is_match("nginx"));

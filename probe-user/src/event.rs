@@ -62,9 +62,18 @@ pub struct ConnOpen {
 pub enum Event {
     Data(Data),
     Open(ConnOpen),
-    Close { conn_id: u64, tgid: u32, fd: u32, ts_ns: u64 },
-    ProcessExec { tgid: u32 },
-    ProcessExit { tgid: u32 },
+    Close {
+        conn_id: u64,
+        tgid: u32,
+        fd: u32,
+        ts_ns: u64,
+    },
+    ProcessExec {
+        tgid: u32,
+    },
+    ProcessExit {
+        tgid: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,7 +115,10 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             let body = &record[std::mem::size_of::<DataEvent>()..];
             let said = ev.captured as usize;
             if said > body.len() || said > ev.total_len as usize {
-                return Err(DecodeError::Payload { said, has: body.len() });
+                return Err(DecodeError::Payload {
+                    said,
+                    has: body.len(),
+                });
             }
             Ok(Event::Data(Data {
                 conn_id: hdr.conn_id,
@@ -114,7 +126,11 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
                 tid: hdr.tid,
                 fd: hdr.fd,
                 ts_ns: hdr.ts_ns,
-                dir: if hdr.kind == kind::DATA_IN { Direction::In } else { Direction::Out },
+                dir: if hdr.kind == kind::DATA_IN {
+                    Direction::In
+                } else {
+                    Direction::Out
+                },
                 total_len: ev.total_len,
                 payload: Bytes::copy_from_slice(&body[..said]),
             }))
@@ -122,7 +138,11 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         kind::CONN_OPEN => {
             let ev: ConnEvent = read(record)?;
             let v6 = ev.family == libc::AF_INET6 as u32;
-            let comm_len = ev.comm.iter().position(|&b| b == 0).unwrap_or(ev.comm.len());
+            let comm_len = ev
+                .comm
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(ev.comm.len());
             Ok(Event::Open(ConnOpen {
                 conn_id: hdr.conn_id,
                 tgid: hdr.tgid,
@@ -176,7 +196,11 @@ pub(crate) mod record {
             hdr: EventHeader {
                 ts_ns,
                 conn_id,
-                kind: if dir == Direction::In { kind::DATA_IN } else { kind::DATA_OUT },
+                kind: if dir == Direction::In {
+                    kind::DATA_IN
+                } else {
+                    kind::DATA_OUT
+                },
                 tgid: 10,
                 tid: 11,
                 fd: 5,
@@ -191,7 +215,10 @@ pub(crate) mod record {
 
     pub fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: T is a padding-free repr(C) type from probe-common.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 }
 
@@ -203,8 +230,13 @@ mod tests {
     #[test]
     fn decodes_data_with_payload() {
         let rec = data(7, Direction::In, 99, 300, b"GET / HTTP/1.1\r\n");
-        let Event::Data(d) = decode(&rec).unwrap() else { panic!("not data") };
-        assert_eq!((d.conn_id, d.dir, d.ts_ns, d.total_len), (7, Direction::In, 99, 300));
+        let Event::Data(d) = decode(&rec).unwrap() else {
+            panic!("not data")
+        };
+        assert_eq!(
+            (d.conn_id, d.dir, d.ts_ns, d.total_len),
+            (7, Direction::In, 99, 300)
+        );
         assert_eq!(&d.payload[..], b"GET / HTTP/1.1\r\n");
     }
 
@@ -215,7 +247,10 @@ mod tests {
         rec.truncate(rec.len() - 1);
         assert_eq!(decode(&rec), Err(DecodeError::Payload { said: 4, has: 3 }));
         let too_much = data(1, Direction::Out, 1, 2, b"abcd");
-        assert!(matches!(decode(&too_much), Err(DecodeError::Payload { .. })));
+        assert!(matches!(
+            decode(&too_much),
+            Err(DecodeError::Payload { .. })
+        ));
         let mut unknown = data(1, Direction::Out, 1, 0, b"");
         unknown[16] = 77;
         assert_eq!(decode(&unknown), Err(DecodeError::Kind(77)));
@@ -224,7 +259,14 @@ mod tests {
     #[test]
     fn decodes_conn_open_v4_and_mapped_v6() {
         let mut ev = ConnEvent {
-            hdr: EventHeader { ts_ns: 5, conn_id: 3, kind: kind::CONN_OPEN, tgid: 1, tid: 1, fd: 9 },
+            hdr: EventHeader {
+                ts_ns: 5,
+                conn_id: 3,
+                kind: kind::CONN_OPEN,
+                tgid: 1,
+                tid: 1,
+                fd: 9,
+            },
             family: libc::AF_INET as u32,
             role: role::SERVER,
             local_port: 8080,
@@ -234,7 +276,9 @@ mod tests {
         };
         ev.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         ev.peer_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
-        let Event::Open(o) = decode(&bytes_of(&ev)).unwrap() else { panic!() };
+        let Event::Open(o) = decode(&bytes_of(&ev)).unwrap() else {
+            panic!()
+        };
         assert_eq!(o.local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(o.peer, "127.0.0.2:50000".parse().unwrap());
         assert_eq!((o.role, o.comm.as_str()), (RoleHint::Server, "nginx"));
@@ -242,7 +286,9 @@ mod tests {
         ev.family = libc::AF_INET6 as u32;
         ev.local_addr = "::ffff:127.0.0.1".parse::<Ipv6Addr>().unwrap().octets();
         ev.peer_addr = "::1".parse::<Ipv6Addr>().unwrap().octets();
-        let Event::Open(o) = decode(&bytes_of(&ev)).unwrap() else { panic!() };
+        let Event::Open(o) = decode(&bytes_of(&ev)).unwrap() else {
+            panic!()
+        };
         assert_eq!(o.local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(o.peer, "[::1]:50000".parse().unwrap());
     }

@@ -137,6 +137,10 @@ impl Anomaly {
 pub enum Observation {
     Started(Started),
     Finished(Finished),
-    Abandoned { id: RequestId, at: Endpoint, reason: AbandonReason },
+    Abandoned {
+        id: RequestId,
+        at: Endpoint,
+        reason: AbandonReason,
+    },
     Anomaly(Anomaly),
 }

@@ -37,18 +37,34 @@ const EXITS: &[&str] = &[
 
 /// Program name → the tracepoints (category, name) it is attached to.
 const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
-    ("enter_read", "syscalls", &["sys_enter_read", "sys_enter_recvfrom"]),
+    (
+        "enter_read",
+        "syscalls",
+        &["sys_enter_read", "sys_enter_recvfrom"],
+    ),
     ("enter_readv", "syscalls", &["sys_enter_readv"]),
     ("enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
-    ("enter_write", "syscalls", &["sys_enter_write", "sys_enter_sendto"]),
+    (
+        "enter_write",
+        "syscalls",
+        &["sys_enter_write", "sys_enter_sendto"],
+    ),
     ("enter_writev", "syscalls", &["sys_enter_writev"]),
     ("enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
     ("enter_sendfile", "syscalls", &["sys_enter_sendfile64"]),
-    ("enter_accept", "syscalls", &["sys_enter_accept", "sys_enter_accept4"]),
+    (
+        "enter_accept",
+        "syscalls",
+        &["sys_enter_accept", "sys_enter_accept4"],
+    ),
     ("enter_connect", "syscalls", &["sys_enter_connect"]),
     ("enter_close", "syscalls", &["sys_enter_close"]),
     ("sys_exit_call", "syscalls", EXITS),
-    ("sock_length", "sock", &["sock_recv_length", "sock_send_length"]),
+    (
+        "sock_length",
+        "sock",
+        &["sock_recv_length", "sock_send_length"],
+    ),
     ("process_exit", "sched", &["sched_process_exit"]),
     ("process_fork", "sched", &["sched_process_fork"]),
     ("process_exec", "sched", &["sched_process_exec"]),
@@ -70,7 +86,11 @@ pub enum LoadError {
     #[error(transparent)]
     Btf(#[from] BtfError),
     #[error("kernel layout differs from what the programs assume: struct sock_common.{field} is at offset {actual}, expected {expected}")]
-    Layout { field: &'static str, actual: u32, expected: u32 },
+    Layout {
+        field: &'static str,
+        actual: u32,
+        expected: u32,
+    },
     #[error("tracefs is not available at {TRACEFS} and could not be mounted: {0}")]
     Tracefs(String),
     #[error("the kernel has no tracepoint {0}:{1} (sonde needs syscall and sock tracepoints, Linux >= 6.3)")]
@@ -78,7 +98,12 @@ pub enum LoadError {
     #[error("loading the eBPF programs failed: {0}")]
     Load(String),
     #[error("attaching {program} to {category}:{name} failed: {reason}")]
-    Attach { program: &'static str, category: &'static str, name: &'static str, reason: String },
+    Attach {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+        reason: String,
+    },
     #[error("eBPF map {0} is missing or of the wrong type")]
     Map(&'static str),
 }
@@ -119,7 +144,12 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
     ensure_tracefs()?;
     for (_, category, names) in ATTACHMENTS {
         for name in *names {
-            if !Path::new(TRACEFS).join("events").join(category).join(name).exists() {
+            if !Path::new(TRACEFS)
+                .join("events")
+                .join(category)
+                .join(name)
+                .exists()
+            {
                 return Err(LoadError::MissingTracepoint(category, name));
             }
         }
@@ -153,7 +183,8 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
             .ok_or_else(|| LoadError::Load(format!("program {program} not in the object")))?
             .try_into()
             .map_err(|e| LoadError::Load(format!("{program}: {e}")))?;
-        prog.load().map_err(|e| LoadError::Load(format!("{program}: {}", error_chain(&e))))?;
+        prog.load()
+            .map_err(|e| LoadError::Load(format!("{program}: {}", error_chain(&e))))?;
         for name in *names {
             prog.attach(category, name).map_err(|e| LoadError::Attach {
                 program,
@@ -165,13 +196,17 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         }
     }
 
-    let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(|_| LoadError::Map(maps::EVENTS))?;
-    let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(|_| LoadError::Map(maps::COUNTERS))?;
-    let conns = BpfHashMap::try_from(take(&mut ebpf, maps::CONNS)?).map_err(|_| LoadError::Map(maps::CONNS))?;
-    let pid_filter =
-        BpfHashMap::try_from(take(&mut ebpf, maps::PID_FILTER)?).map_err(|_| LoadError::Map(maps::PID_FILTER))?;
+    let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)
+        .map_err(|_| LoadError::Map(maps::EVENTS))?;
+    let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)
+        .map_err(|_| LoadError::Map(maps::COUNTERS))?;
+    let conns = BpfHashMap::try_from(take(&mut ebpf, maps::CONNS)?)
+        .map_err(|_| LoadError::Map(maps::CONNS))?;
+    let pid_filter = BpfHashMap::try_from(take(&mut ebpf, maps::PID_FILTER)?)
+        .map_err(|_| LoadError::Map(maps::PID_FILTER))?;
     let mut port_filter: BpfHashMap<MapData, u32, u32> =
-        BpfHashMap::try_from(take(&mut ebpf, maps::PORT_FILTER)?).map_err(|_| LoadError::Map(maps::PORT_FILTER))?;
+        BpfHashMap::try_from(take(&mut ebpf, maps::PORT_FILTER)?)
+            .map_err(|_| LoadError::Map(maps::PORT_FILTER))?;
     for &p in &s.ports {
         port_filter
             .insert(p as u32, 1, 0)
@@ -198,10 +233,20 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError
 /// (unchanged since Linux 2.6); refuse to run on a kernel where that is false
 /// rather than report wrong addresses.
 fn check_layout(btf: &Btf) -> Result<(), LoadError> {
-    for (field, expected) in [("skc_daddr", 0), ("skc_rcv_saddr", 4), ("skc_dport", 12), ("skc_num", 14), ("skc_family", 16)] {
+    for (field, expected) in [
+        ("skc_daddr", 0),
+        ("skc_rcv_saddr", 4),
+        ("skc_dport", 12),
+        ("skc_num", 14),
+        ("skc_family", 16),
+    ] {
         let actual = btf.member_offset("sock_common", field)?;
         if actual != expected {
-            return Err(LoadError::Layout { field, actual, expected });
+            return Err(LoadError::Layout {
+                field,
+                actual,
+                expected,
+            });
         }
     }
     Ok(())
@@ -213,9 +258,19 @@ fn ensure_tracefs() -> Result<(), LoadError> {
     }
     let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
     let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
-    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
-        return Err(LoadError::Tracefs(std::io::Error::last_os_error().to_string()));
+        return Err(LoadError::Tracefs(
+            std::io::Error::last_os_error().to_string(),
+        ));
     }
     Ok(())
 }
@@ -240,7 +295,10 @@ impl Probe {
 
     /// Current totals of the kernel's loss counters, summed over CPUs.
     pub fn losses(&self) -> Vec<(&'static str, u64)> {
-        LOSS_REASONS.iter().map(|&(idx, label)| (label, self.counter(idx))).collect()
+        LOSS_REASONS
+            .iter()
+            .map(|&(idx, label)| (label, self.counter(idx)))
+            .collect()
     }
 
     fn counter(&self, idx: u32) -> u64 {
@@ -261,7 +319,12 @@ impl Probe {
     /// (processes that exit do not close their fds through close(2)).
     /// Returns how many were removed.
     pub fn sweep_connections(&mut self, alive: impl Fn(u32) -> bool) -> usize {
-        let dead: HashSet<ConnKey> = self.conns.keys().filter_map(Result::ok).filter(|k| !alive(k.tgid)).collect();
+        let dead: HashSet<ConnKey> = self
+            .conns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !alive(k.tgid))
+            .collect();
         dead.iter().filter(|k| self.conns.remove(k).is_ok()).count()
     }
 }
