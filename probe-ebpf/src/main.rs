@@ -25,7 +25,10 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output},
+        generated::{
+            bpf_get_current_task_btf, bpf_probe_read_user as probe_read_user_raw,
+            bpf_ringbuf_output, bpf_task_pt_regs,
+        },
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -111,6 +114,10 @@ struct Call {
 }
 
 mod op {
+    /// The entry was missed (the thread was already blocked in the call when
+    /// sonde attached): recovered at exit from the syscall number and the
+    /// saved user registers.
+    pub const MISSED_ENTRY: u32 = 0;
     pub const READ: u32 = 1;
     pub const READV: u32 = 2;
     pub const RECVMSG: u32 = 3;
@@ -244,16 +251,70 @@ entry!(enter_connect, op::CONNECT, buf = none, vlen = none);
 #[tracepoint]
 pub fn sock_length(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = CALLS.get_ptr_mut(&pid_tgid) else {
-        return 0;
-    };
     let family = unsafe { ctx.read_at::<u16>(16) }.unwrap_or(0);
     let protocol = unsafe { ctx.read_at::<u16>(18) }.unwrap_or(0);
-    if (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP {
-        let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
-        unsafe { (*call).sk = sk };
+    if !((family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP) {
+        return 0;
+    }
+    let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
+    match CALLS.get_ptr_mut(&pid_tgid) {
+        Some(call) => unsafe { (*call).sk = sk },
+        None => {
+            // A call whose entry we did not see: typically a server thread
+            // that was blocked in recv on a keep-alive connection when sonde
+            // attached. Its exit recovers the arguments.
+            let cfg = config();
+            if tgid_wanted(&cfg, (pid_tgid >> 32) as u32) {
+                let call = Call {
+                    buf: 0,
+                    sk,
+                    fd: 0,
+                    op: op::MISSED_ENTRY,
+                    vlen: 0,
+                    _pad: 0,
+                };
+                if CALLS.insert(&pid_tgid, &call, 0).is_err() {
+                    count(counter::CALL_TABLE_FULL);
+                }
+            }
+        }
     }
     0
+}
+
+/// Rebuilds the arguments of a call whose entry was missed: the syscall
+/// number from the exit tracepoint, fd/buffer/length from the user registers
+/// the kernel saved at entry (x86_64: rdi, rsi, rdx), which it leaves intact.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn recover_call(ctx: &TracePointContext, call: &mut Call) -> bool {
+    let nr = unsafe { ctx.read_at::<i64>(8) }.unwrap_or(-1);
+    call.op = match nr as i32 {
+        0 | 45 => op::READ,
+        1 | 44 => op::WRITE,
+        19 => op::READV,
+        20 => op::WRITEV,
+        47 => op::RECVMSG,
+        46 => op::SENDMSG,
+        40 => op::SENDFILE,
+        _ => return false,
+    };
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return false;
+    }
+    let reg = |off: u64| unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0);
+    // struct pt_regs: … dx @96, si @104, di @112.
+    call.fd = reg(112) as u32;
+    call.buf = reg(104);
+    call.vlen = reg(96) as u32;
+    true
+}
+
+#[cfg(not(bpf_target_arch = "x86_64"))]
+#[inline(always)]
+fn recover_call(_ctx: &TracePointContext, _call: &mut Call) -> bool {
+    false
 }
 
 // ---------------------------------------------------------------- exits
@@ -267,11 +328,14 @@ pub fn sys_exit_call(ctx: TracePointContext) -> u32 {
 
 fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let call = match unsafe { CALLS.get(&pid_tgid) } {
+    let mut call = match unsafe { CALLS.get(&pid_tgid) } {
         Some(c) => *c,
         None => return Ok(0),
     };
     let _ = CALLS.remove(&pid_tgid);
+    if call.op == op::MISSED_ENTRY && !recover_call(ctx, &mut call) {
+        return Ok(0);
+    }
     let ret = unsafe { ctx.read_at::<i64>(16) }.map_err(|_| 0u32)?;
     let tgid = (pid_tgid >> 32) as u32;
     let cfg = config();

@@ -1,1 +1,1166 @@
-//! (to be written)
+//! Stage 3 of the pipeline: per-connection state and request/response pairing.
+//!
+//! Each connection's reads and writes go through two `http1::Parser`s, one
+//! per direction. Requests wait in a FIFO until the response that answers
+//! them (HTTP/1.1 answers in request order, RFC 9112 §9.3.2), so pipelined
+//! requests pair correctly and latency runs to the last response byte. The
+//! result is a stream of `exchange::Observation`s. Memory is bounded: by
+//! `TrackerConfig` (connections, requests per connection), by the parser (head
+//! buffers), and by expiry of idle connections.
+//!
+//! ## Pairing after lost bytes
+//!
+//! The n-th final response answers the n-th request. Bytes the parser could
+//! not frame (the kernel copied too little of a read, garbage) may hide
+//! requests or responses, and pairing across such a loss could join a request
+//! with another one's response: a wrong latency. The rules prefer dropping
+//! and counting to guessing:
+//!
+//! - A loss in either stream abandons every outstanding request (`Desync`)
+//!   and leaves the connection *unaligned*.
+//! - Exception: a request head cut by the capture limit whose request line
+//!   is usable stays outstanding. Its place in the queue is known, and the
+//!   lost tail of that read is most likely the rest of its head (a large
+//!   Cookie). The connection is unaligned all the same: the tail might have
+//!   held further pipelined requests.
+//! - While unaligned, requests are queued *unverified*. A response that would
+//!   answer an unverified request may be the answer to a lost one: it is
+//!   ignored and the unverified requests are abandoned (`Desync`). A response
+//!   with no request at all is ignored too (counted `UnpairedResponse` only
+//!   when aligned: otherwise it is the expected answer to a lost request).
+//! - A request arriving while the connection is quiescent (nothing
+//!   outstanding, the response stream in sync and between messages) realigns
+//!   it: a client that waits for each response before sending the next request
+//!   has by then received the answers to whatever was lost.
+//! - Pipelining seen on an aligned connection (a request sent while another is
+//!   unanswered) rules realignment out for good: pipelined requests lost in a
+//!   gap could still be waiting for their answers.
+//!
+//! The one residual risk is a pipelining client whose pipelining was never
+//! visible (only its lost requests overlapped).
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::event::{ConnOpen, Data, Direction, Event, RoleHint};
+use crate::exchange::{
+    AbandonReason, Anomaly, Endpoint, Finished, Observation, Request, RequestId, Side, Started,
+};
+use crate::http1::{Answering, Input, Kind, Output, Parser};
+
+/// Limits of the tracker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// A connection with no event for this long (ns) is dropped, its
+    /// outstanding requests abandoned (`Expired`).
+    pub idle_timeout_ns: u64,
+    /// Connections tracked at once; more are counted and ignored.
+    pub max_connections: usize,
+    /// Requests awaiting their response on one connection.
+    pub max_pending: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            idle_timeout_ns: 300_000_000_000,
+            max_connections: 65536,
+            max_pending: 64,
+        }
+    }
+}
+
+/// Pairs requests with responses on every tracked connection.
+#[derive(Debug)]
+pub struct Tracker {
+    config: TrackerConfig,
+    conns: HashMap<u64, Conn>,
+    /// Connection ids per process, for `ProcessExit`. Ordered, so what an
+    /// exit emits does not depend on hashing.
+    by_tgid: HashMap<u32, BTreeSet<u64>>,
+    last_id: RequestId,
+    /// Scratch space of `expire`, kept to avoid an allocation per call.
+    expired: Vec<u64>,
+}
+
+impl Tracker {
+    pub fn new(config: TrackerConfig) -> Self {
+        Tracker {
+            config,
+            conns: HashMap::new(),
+            by_tgid: HashMap::new(),
+            last_id: 0,
+            expired: Vec::new(),
+        }
+    }
+
+    /// Connections tracked.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Consumes one event (in ring-buffer order) and appends what it caused.
+    pub fn handle(&mut self, event: &Event, out: &mut Vec<Observation>) {
+        match event {
+            Event::Open(open) => self.open(open, out),
+            Event::Data(data) => match self.conns.get_mut(&data.conn_id) {
+                Some(conn) => conn.on_data(data, &mut self.last_id, self.config.max_pending, out),
+                None => out.push(Observation::Anomaly(Anomaly::UnknownConnection)),
+            },
+            // Closes also come for connections never tracked (table full).
+            Event::Close { conn_id, .. } => {
+                if let Some(conn) = self.remove(*conn_id) {
+                    conn.shut(AbandonReason::ClosedUnanswered, out);
+                }
+            }
+            Event::ProcessExit { tgid } => {
+                for id in self.by_tgid.remove(tgid).unwrap_or_default() {
+                    if let Some(conn) = self.conns.remove(&id) {
+                        conn.shut(AbandonReason::ProcessExited, out);
+                    }
+                }
+            }
+            Event::ProcessExec { .. } => {}
+        }
+    }
+
+    /// Drops connections idle for longer than the idle timeout. `now_ns` is on
+    /// the events' clock (CLOCK_MONOTONIC). Costs O(connections): call it
+    /// every few seconds, not per event.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Observation>) {
+        let idle_ns = self.config.idle_timeout_ns;
+        let mut expired = std::mem::take(&mut self.expired);
+        expired.extend(
+            self.conns
+                .iter()
+                .filter(|(_, conn)| now_ns.saturating_sub(conn.last_ns) > idle_ns)
+                .map(|(&id, _)| id),
+        );
+        expired.sort_unstable();
+        for &id in &expired {
+            if let Some(conn) = self.remove(id) {
+                conn.shut(AbandonReason::Expired, out);
+            }
+        }
+        expired.clear();
+        self.expired = expired;
+    }
+
+    fn open(&mut self, open: &ConnOpen, out: &mut Vec<Observation>) {
+        if self.conns.contains_key(&open.conn_id) {
+            // Announced twice: what is known of it stays.
+            return;
+        }
+        if self.conns.len() >= self.config.max_connections {
+            out.push(Observation::Anomaly(Anomaly::TooManyConnections));
+            return;
+        }
+        self.conns.insert(open.conn_id, Conn::new(open));
+        self.by_tgid
+            .entry(open.tgid)
+            .or_default()
+            .insert(open.conn_id);
+    }
+
+    fn remove(&mut self, conn_id: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&conn_id)?;
+        let tgid = conn.at.tgid;
+        if let Some(ids) = self.by_tgid.get_mut(&tgid) {
+            ids.remove(&conn_id);
+            if ids.is_empty() {
+                self.by_tgid.remove(&tgid);
+            }
+        }
+        Some(conn)
+    }
+}
+
+/// A request waiting for its response.
+#[derive(Debug)]
+struct Pending {
+    id: RequestId,
+    request: Request,
+    answering: Answering,
+    start_ns: u64,
+    /// Queued while the connection was aligned: its place in the queue is
+    /// known (see the module comment).
+    verified: bool,
+    /// Decoded body size, once the request's body has ended.
+    body_bytes: Option<u64>,
+    /// Final status, once the response head has been seen.
+    status: Option<u16>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    /// `at.side` means nothing until `side_known`.
+    at: Endpoint,
+    side_known: bool,
+    inbound: Parser,
+    outbound: Parser,
+    pending: VecDeque<Pending>,
+    last_ns: u64,
+    aligned: bool,
+    pipelined: bool,
+}
+
+impl Conn {
+    fn new(open: &ConnOpen) -> Self {
+        let mut conn = Conn {
+            at: Endpoint {
+                tgid: open.tgid,
+                conn_id: open.conn_id,
+                side: Side::Server,
+                local: open.local,
+                peer: open.peer,
+            },
+            side_known: false,
+            inbound: Parser::new(None),
+            outbound: Parser::new(None),
+            pending: VecDeque::new(),
+            last_ns: open.ts_ns,
+            aligned: true,
+            pipelined: false,
+        };
+        match open.role {
+            RoleHint::Server => conn.learn_side(Side::Server),
+            RoleHint::Client => conn.learn_side(Side::Client),
+            RoleHint::Unknown => {}
+        }
+        conn
+    }
+
+    /// Fixes the side the first time it is learnt (from the open event, or
+    /// from the first head when the kernel did not know).
+    fn learn_side(&mut self, side: Side) {
+        if self.side_known {
+            return;
+        }
+        self.side_known = true;
+        self.at.side = side;
+        let (inbound, outbound) = match side {
+            Side::Server => (Kind::Request, Kind::Response),
+            Side::Client => (Kind::Response, Kind::Request),
+        };
+        self.inbound.set_kind(inbound);
+        self.outbound.set_kind(outbound);
+    }
+
+    /// (request stream, response stream); meaningful once the side is known.
+    fn streams(&mut self) -> (&mut Parser, &mut Parser) {
+        match self.at.side {
+            Side::Server => (&mut self.inbound, &mut self.outbound),
+            Side::Client => (&mut self.outbound, &mut self.inbound),
+        }
+    }
+
+    fn on_data(
+        &mut self,
+        data: &Data,
+        last_id: &mut RequestId,
+        max_pending: usize,
+        out: &mut Vec<Observation>,
+    ) {
+        self.last_ns = data.ts_ns;
+        let mut input = Input::new(&data.payload, data.total_len, data.ts_ns);
+        loop {
+            let answering = self
+                .pending
+                .front()
+                .map_or(Answering::Other, |p| p.answering);
+            let parser = match data.dir {
+                Direction::In => &mut self.inbound,
+                Direction::Out => &mut self.outbound,
+            };
+            let Some(output) = parser.next(&mut input, answering) else {
+                return;
+            };
+            match output {
+                Output::Request {
+                    request,
+                    start_ns,
+                    cut,
+                } => {
+                    self.learn_side(side_seeing(data.dir, Kind::Request));
+                    *last_id += 1;
+                    self.on_request(*last_id, request, start_ns, cut, max_pending, out);
+                }
+                Output::Response { status, tunnel } => {
+                    self.learn_side(side_seeing(data.dir, Kind::Response));
+                    self.on_response(status, tunnel, out);
+                }
+                Output::End { body_bytes, .. } if self.carries_requests(data.dir) => {
+                    self.on_request_end(body_bytes);
+                }
+                Output::End {
+                    body_bytes,
+                    end_ns,
+                    complete,
+                } => self.finish_front(end_ns, body_bytes, complete, out),
+                Output::Desync(why) => {
+                    out.push(Observation::Anomaly(why));
+                    self.desync(out);
+                }
+            }
+        }
+    }
+
+    fn carries_requests(&self, dir: Direction) -> bool {
+        self.side_known && (dir == Direction::In) == (self.at.side == Side::Server)
+    }
+
+    fn on_request(
+        &mut self,
+        id: RequestId,
+        request: Request,
+        start_ns: u64,
+        cut: bool,
+        max_pending: usize,
+        out: &mut Vec<Observation>,
+    ) {
+        out.push(Observation::Started(Started {
+            id,
+            at: self.at.clone(),
+            request: request.clone(),
+            start_ns,
+        }));
+        if cut {
+            out.push(Observation::Anomaly(Anomaly::Gap));
+        }
+        if self.pending.len() >= max_pending {
+            out.push(Observation::Abandoned {
+                id,
+                at: self.at.clone(),
+                reason: AbandonReason::QueueFull,
+            });
+            // Its response will still come: it must not be taken for the
+            // next request's.
+            self.aligned = false;
+            return;
+        }
+        if self.pending.is_empty() {
+            if !self.aligned && !self.pipelined && self.streams().1.is_idle() {
+                self.aligned = true;
+            }
+        } else if self.aligned {
+            self.pipelined = true;
+        }
+        self.pending.push_back(Pending {
+            id,
+            answering: Answering::of(&request.method),
+            request,
+            start_ns,
+            verified: self.aligned,
+            // The framing of a cut head is unknown, its body too.
+            body_bytes: cut.then_some(0),
+            status: None,
+        });
+        if cut {
+            self.aligned = false;
+        }
+    }
+
+    fn on_request_end(&mut self, body_bytes: u64) {
+        // Only the newest request can still be reading its body; if it is not
+        // queued (abandoned), the older ones already have theirs.
+        if let Some(p) = self.pending.back_mut() {
+            p.body_bytes.get_or_insert(body_bytes);
+        }
+    }
+
+    fn on_response(&mut self, status: u16, tunnel: bool, out: &mut Vec<Observation>) {
+        if tunnel {
+            self.streams().0.tunnel();
+        } else if status < 200 {
+            // Interim (100 Continue, 103 Early Hints): the final one counts.
+            // 101 is final: the exchange ends with the switch.
+            return;
+        }
+        match self.pending.front_mut() {
+            Some(p) if p.verified => p.status = Some(status),
+            Some(_) => self.desync(out),
+            None if self.aligned => out.push(Observation::Anomaly(Anomaly::UnpairedResponse)),
+            None => {}
+        }
+    }
+
+    /// The response to the front request ended (or the connection did).
+    fn finish_front(
+        &mut self,
+        end_ns: u64,
+        response_body_bytes: u64,
+        complete: bool,
+        out: &mut Vec<Observation>,
+    ) {
+        // No status: the response was not paired (see `on_response`).
+        let Some(status) = self.pending.front().and_then(|p| p.status) else {
+            return;
+        };
+        if let Some(p) = self.pending.pop_front() {
+            // A server may answer before reading the whole request body.
+            let request_body_bytes = p
+                .body_bytes
+                .unwrap_or_else(|| self.streams().0.body_bytes());
+            out.push(Observation::Finished(Finished {
+                id: p.id,
+                at: self.at.clone(),
+                request: p.request,
+                status,
+                start_ns: p.start_ns,
+                end_ns,
+                request_body_bytes,
+                response_body_bytes,
+                complete,
+            }));
+        }
+    }
+
+    fn desync(&mut self, out: &mut Vec<Observation>) {
+        self.abandon_all(AbandonReason::Desync, out);
+        self.aligned = false;
+    }
+
+    fn abandon_all(&mut self, reason: AbandonReason, out: &mut Vec<Observation>) {
+        for p in self.pending.drain(..) {
+            out.push(Observation::Abandoned {
+                id: p.id,
+                at: self.at.clone(),
+                reason,
+            });
+        }
+    }
+
+    /// The connection is gone: a response in progress ends where its last
+    /// byte was seen; unanswered requests are abandoned for `reason`.
+    fn shut(mut self, reason: AbandonReason, out: &mut Vec<Observation>) {
+        if let Some(Output::End {
+            body_bytes,
+            end_ns,
+            complete,
+        }) = self.streams().1.close()
+        {
+            // Only a close ends a body delimited by the close: expiry saw none.
+            let complete = complete && reason != AbandonReason::Expired;
+            self.finish_front(end_ns, body_bytes, complete, out);
+        }
+        self.abandon_all(reason, out);
+    }
+}
+
+/// The side of a process that sees a head of `kind` going `dir`.
+fn side_seeing(dir: Direction, kind: Kind) -> Side {
+    match (dir, kind) {
+        (Direction::In, Kind::Request) | (Direction::Out, Kind::Response) => Side::Server,
+        (Direction::In, Kind::Response) | (Direction::Out, Kind::Request) => Side::Client,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    const T: u32 = 100;
+
+    fn open(conn_id: u64, role: RoleHint) -> Event {
+        open_in(conn_id, T, role)
+    }
+
+    fn open_in(conn_id: u64, tgid: u32, role: RoleHint) -> Event {
+        Event::Open(ConnOpen {
+            conn_id,
+            tgid,
+            fd: 5,
+            ts_ns: 0,
+            role,
+            local: "10.0.0.1:8080".parse().unwrap(),
+            peer: "10.0.0.2:40000".parse().unwrap(),
+            comm: "srv".into(),
+        })
+    }
+
+    fn cut(conn_id: u64, dir: Direction, ts_ns: u64, total_len: u32, payload: &[u8]) -> Event {
+        Event::Data(Data {
+            conn_id,
+            tgid: T,
+            tid: T,
+            fd: 5,
+            ts_ns,
+            dir,
+            total_len,
+            payload: Bytes::copy_from_slice(payload),
+        })
+    }
+
+    fn data(conn_id: u64, dir: Direction, ts_ns: u64, payload: &[u8]) -> Event {
+        cut(conn_id, dir, ts_ns, payload.len() as u32, payload)
+    }
+
+    fn close(conn_id: u64, ts_ns: u64) -> Event {
+        Event::Close {
+            conn_id,
+            tgid: T,
+            fd: 5,
+            ts_ns,
+        }
+    }
+
+    fn run(tracker: &mut Tracker, events: &[Event]) -> Vec<Observation> {
+        let mut out = Vec::new();
+        for e in events {
+            tracker.handle(e, &mut out);
+        }
+        out
+    }
+
+    fn track(events: &[Event]) -> Vec<Observation> {
+        run(&mut Tracker::new(TrackerConfig::default()), events)
+    }
+
+    /// (id, status, start, end, complete) of each finished exchange.
+    fn finished(out: &[Observation]) -> Vec<(RequestId, u16, u64, u64, bool)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Observation::Finished(f) => {
+                    Some((f.id, f.status, f.start_ns, f.end_ns, f.complete))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn abandoned(out: &[Observation]) -> Vec<(RequestId, AbandonReason)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Observation::Abandoned { id, reason, .. } => Some((*id, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn anomalies(out: &[Observation]) -> Vec<Anomaly> {
+        out.iter()
+            .filter_map(|o| match o {
+                Observation::Anomaly(a) => Some(*a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn started(out: &[Observation]) -> Vec<(RequestId, String)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Observation::Started(s) => Some((s.id, s.request.path.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    use Direction::{In, Out};
+
+    #[test]
+    fn server_exchange_in_full() {
+        let out = track(&[
+            open(1, RoleHint::Server),
+            data(
+                1,
+                In,
+                10,
+                b"POST /users?id=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            ),
+            data(
+                1,
+                Out,
+                20,
+                b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n",
+            ),
+            data(1, Out, 25, b"ok"),
+        ]);
+        let at = Endpoint {
+            tgid: T,
+            conn_id: 1,
+            side: Side::Server,
+            local: "10.0.0.1:8080".parse().unwrap(),
+            peer: "10.0.0.2:40000".parse().unwrap(),
+        };
+        let request = Request {
+            method: "POST".into(),
+            path: "/users".into(),
+            path_truncated: false,
+            version: "1.1",
+        };
+        assert_eq!(
+            out,
+            [
+                Observation::Started(Started {
+                    id: 1,
+                    at: at.clone(),
+                    request: request.clone(),
+                    start_ns: 10
+                }),
+                Observation::Finished(Finished {
+                    id: 1,
+                    at,
+                    request,
+                    status: 201,
+                    start_ns: 10,
+                    end_ns: 25,
+                    request_body_bytes: 3,
+                    response_body_bytes: 2,
+                    complete: true,
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_role_is_learnt_from_the_first_head() {
+        let cases = [
+            (
+                Out,
+                b"GET /c HTTP/1.1\r\n\r\n" as &[u8],
+                In,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" as &[u8],
+                Side::Client,
+            ),
+            (
+                In,
+                b"GET /s HTTP/1.1\r\n\r\n",
+                Out,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                Side::Server,
+            ),
+        ];
+        for (req_dir, req, resp_dir, resp, side) in cases {
+            let out = track(&[
+                open(1, RoleHint::Unknown),
+                data(1, req_dir, 1, req),
+                data(1, resp_dir, 2, resp),
+            ]);
+            let Some(Observation::Finished(f)) = out.last() else {
+                panic!("{out:?}")
+            };
+            assert_eq!((f.at.side, f.status), (side, 200));
+        }
+        // A response first: written means server; unpaired all the same.
+        let out = track(&[
+            open(1, RoleHint::Unknown),
+            data(1, Out, 1, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            data(1, In, 2, b"GET /next HTTP/1.1\r\n\r\n"),
+            data(1, Out, 3, b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ]);
+        assert_eq!(anomalies(&out), [Anomaly::UnpairedResponse]);
+        assert_eq!(finished(&out), [(1, 204, 2, 3, true)]);
+    }
+
+    #[test]
+    fn events_of_untracked_connections() {
+        let mut tracker = Tracker::new(TrackerConfig {
+            max_connections: 1,
+            ..TrackerConfig::default()
+        });
+        let out = run(
+            &mut tracker,
+            &[
+                open(1, RoleHint::Server),
+                open(2, RoleHint::Server),
+                data(2, In, 1, b"GET / HTTP/1.1\r\n\r\n"),
+                close(2, 2),
+                data(3, In, 1, b"GET / HTTP/1.1\r\n\r\n"),
+            ],
+        );
+        assert_eq!(
+            out,
+            [
+                Anomaly::TooManyConnections,
+                Anomaly::UnknownConnection,
+                Anomaly::UnknownConnection
+            ]
+            .map(Observation::Anomaly)
+        );
+        assert_eq!(tracker.len(), 1);
+        run(&mut tracker, &[close(1, 3)]);
+        assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn queue_full_abandons_the_newest_and_unaligns() {
+        let mut tracker = Tracker::new(TrackerConfig {
+            max_pending: 2,
+            ..TrackerConfig::default()
+        });
+        let out = run(
+            &mut tracker,
+            &[
+                open(1, RoleHint::Server),
+                data(
+                    1,
+                    In,
+                    1,
+                    b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n",
+                ),
+                data(1, Out, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+                data(1, Out, 3, b"HTTP/1.1 201 OK\r\nContent-Length: 0\r\n\r\n"),
+                data(1, Out, 4, b"HTTP/1.1 202 OK\r\nContent-Length: 0\r\n\r\n"),
+            ],
+        );
+        assert_eq!(abandoned(&out), [(3, AbandonReason::QueueFull)]);
+        assert_eq!(finished(&out), [(1, 200, 1, 2, true), (2, 201, 1, 3, true)]);
+        assert_eq!(
+            anomalies(&out),
+            [],
+            "the third response answers the abandoned request"
+        );
+    }
+
+    #[test]
+    fn process_exit_ends_that_process_only() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let out = run(
+            &mut tracker,
+            &[
+                open_in(1, 7, RoleHint::Server),
+                open_in(2, 7, RoleHint::Server),
+                open_in(3, 8, RoleHint::Server),
+                data(1, In, 1, b"GET /a HTTP/1.1\r\n\r\n"),
+                data(2, In, 2, b"GET /b HTTP/1.1\r\n\r\n"),
+                data(2, Out, 3, b"HTTP/1.0 200 OK\r\n\r\npartial"),
+                data(3, In, 4, b"GET /c HTTP/1.1\r\n\r\n"),
+                Event::ProcessExit { tgid: 7 },
+            ],
+        );
+        // Exit closes the sockets: the close-delimited response is complete.
+        assert_eq!(abandoned(&out), [(1, AbandonReason::ProcessExited)]);
+        assert_eq!(finished(&out), [(2, 200, 2, 3, true)]);
+        assert_eq!(tracker.len(), 1);
+    }
+
+    #[test]
+    fn expiry_drops_idle_connections() {
+        let mut tracker = Tracker::new(TrackerConfig {
+            idle_timeout_ns: 100,
+            ..TrackerConfig::default()
+        });
+        let mut out = run(
+            &mut tracker,
+            &[
+                open(1, RoleHint::Server),
+                open(2, RoleHint::Server),
+                open(3, RoleHint::Server),
+                data(1, In, 10, b"GET /a HTTP/1.1\r\n\r\n"),
+                data(2, In, 20, b"GET /b HTTP/1.1\r\n\r\n"),
+                data(2, Out, 30, b"HTTP/1.0 200 OK\r\n\r\nstreaming"),
+                data(3, In, 500, b"GET /c HTTP/1.1\r\n\r\n"),
+            ],
+        );
+        tracker.expire(200, &mut out);
+        assert_eq!(abandoned(&out), [(1, AbandonReason::Expired)]);
+        // No close was seen: the close-delimited body may not be complete.
+        assert_eq!(finished(&out), [(2, 200, 20, 30, false)]);
+        assert_eq!(tracker.len(), 1);
+        tracker.expire(600, &mut out);
+        assert_eq!(tracker.len(), 1, "idle for exactly the timeout is kept");
+        tracker.expire(601, &mut out);
+        assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn cut_head_is_paired_and_the_next_request_realigns() {
+        let out = track(&[
+            open(1, RoleHint::Server),
+            cut(1, In, 1, 3000, b"GET /big?q=1 HTTP/1.1\r\nCookie: aaaa"),
+            data(1, Out, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            data(1, In, 3, b"GET /next HTTP/1.1\r\n\r\n"),
+            data(
+                1,
+                Out,
+                4,
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            ),
+        ]);
+        assert_eq!(anomalies(&out), [Anomaly::Gap]);
+        assert_eq!(finished(&out), [(1, 200, 1, 2, true), (2, 404, 3, 4, true)]);
+    }
+
+    #[test]
+    fn request_stream_gap_drops_answers_to_lost_requests() {
+        let out = track(&[
+            open(1, RoleHint::Server),
+            data(1, In, 1, b"GET /1 HTTP/1.1\r\n\r\n"),
+            data(1, Out, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            // A read whose first request is whole and whose uncaptured tail
+            // holds a second one nobody can see.
+            cut(1, In, 3, 200, b"GET /2 HTTP/1.1\r\n\r\n"),
+            data(1, Out, 4, b"HTTP/1.1 201 OK\r\nContent-Length: 0\r\n\r\n"),
+            data(1, Out, 5, b"HTTP/1.1 202 OK\r\nContent-Length: 0\r\n\r\n"),
+            data(1, In, 6, b"GET /4 HTTP/1.1\r\n\r\n"),
+            data(1, Out, 7, b"HTTP/1.1 203 OK\r\nContent-Length: 0\r\n\r\n"),
+        ]);
+        // Neither 201 nor 202 is paired or counted: both answer requests lost
+        // with the gap, which is counted once.
+        assert_eq!(anomalies(&out), [Anomaly::Gap]);
+        assert_eq!(abandoned(&out), [(2, AbandonReason::Desync)]);
+        assert_eq!(finished(&out), [(1, 200, 1, 2, true), (3, 203, 6, 7, true)]);
+    }
+
+    #[test]
+    fn request_during_an_unsynced_response_is_not_trusted() {
+        let out = track(&[
+            open(1, RoleHint::Server),
+            data(1, In, 1, b"GET /1 HTTP/1.1\r\n\r\n"),
+            data(
+                1,
+                Out,
+                2,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ),
+            cut(1, Out, 3, 5000, b"10\r\n0123456789abcdef\r\n"),
+            // The response stream is still unsynced: this request may be
+            // answered by the rest of whatever was lost.
+            data(1, In, 4, b"GET /2 HTTP/1.1\r\n\r\n"),
+            data(1, Out, 5, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            data(1, In, 6, b"GET /3 HTTP/1.1\r\n\r\n"),
+            data(1, Out, 7, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ]);
+        assert_eq!(anomalies(&out), [Anomaly::Gap]);
+        assert_eq!(
+            abandoned(&out),
+            [(1, AbandonReason::Desync), (2, AbandonReason::Desync)]
+        );
+        assert_eq!(finished(&out), [(3, 200, 6, 7, true)]);
+    }
+
+    #[test]
+    fn pipelining_rules_out_realignment() {
+        let out = track(&[
+            open(1, RoleHint::Server),
+            data(1, In, 1, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"),
+            data(1, Out, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            cut(1, In, 3, 100, b"GET /3 HTTP/1.1\r\n\r\n"),
+            data(1, Out, 4, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            data(1, In, 5, b"GET /5 HTTP/1.1\r\n\r\n"),
+            data(1, Out, 6, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ]);
+        assert_eq!(finished(&out), [(1, 200, 1, 2, true), (2, 200, 1, 2, true)]);
+        assert_eq!(
+            abandoned(&out),
+            [(3, AbandonReason::Desync), (4, AbandonReason::Desync)]
+        );
+    }
+
+    #[test]
+    fn upgrade_and_connect_end_http() {
+        let out = track(&[
+            open(1, RoleHint::Server),
+            data(
+                1,
+                In,
+                1,
+                b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            ),
+            data(
+                1,
+                Out,
+                2,
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            ),
+            data(1, In, 3, b"\x81\x85\x00\x00\x00\x00hello"),
+            data(1, Out, 4, b"\x81\x05hello"),
+            close(1, 5),
+            open(2, RoleHint::Client),
+            data(2, Out, 6, b"CONNECT db:5432 HTTP/1.1\r\n\r\n"),
+            data(2, In, 7, b"HTTP/1.1 200 Connection established\r\n\r\n"),
+            data(2, Out, 8, b"\x00\x00\x00\x08\x04\xd2\x16\x2f"),
+            close(2, 9),
+        ]);
+        assert_eq!(finished(&out), [(1, 101, 1, 2, true), (2, 200, 6, 7, true)]);
+        assert_eq!(anomalies(&out), []);
+    }
+
+    #[test]
+    fn early_response_takes_the_request_body_read_so_far() {
+        let out = track(&[
+            open(1, RoleHint::Server),
+            data(
+                1,
+                In,
+                1,
+                b"PUT /f HTTP/1.1\r\nContent-Length: 100000\r\n\r\n0123456789",
+            ),
+            data(
+                1,
+                Out,
+                2,
+                b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            ),
+            close(1, 3),
+        ]);
+        let Some(Observation::Finished(f)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!((f.status, f.request_body_bytes), (413, 10));
+    }
+
+    #[test]
+    fn close_mid_response_and_before_response() {
+        let out = track(&[
+            open(1, RoleHint::Server),
+            data(1, In, 1, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"),
+            data(
+                1,
+                Out,
+                2,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345",
+            ),
+            close(1, 9),
+        ]);
+        assert_eq!(finished(&out), [(1, 200, 1, 2, false)]);
+        assert_eq!(abandoned(&out), [(2, AbandonReason::ClosedUnanswered)]);
+    }
+
+    /// xorshift64*: enough randomness for shuffling splits, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// A random exchange: the bytes of the request and the response, and the
+    /// (path, status, request body, response body) the tracker must find.
+    fn random_exchange(rng: &mut Rng, n: u64) -> (Vec<u8>, Vec<u8>, (String, u16, u64, u64)) {
+        let path = format!("/r/{n}");
+        let req_body = rng.below(3) * rng.below(300);
+        let mut req = if req_body > 0 {
+            format!("POST {path}?x={n} HTTP/1.1\r\nHost: h\r\nContent-Length: {req_body}\r\n\r\n")
+                .into_bytes()
+        } else {
+            format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes()
+        };
+        req.extend((0..req_body).map(|i| b'a' + (i % 26) as u8));
+        let status = [200, 201, 204, 304, 404, 500][rng.below(6) as usize];
+        let mut resp = Vec::new();
+        if rng.below(4) == 0 {
+            resp.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        let bodiless = status == 204 || status == 304;
+        let body_len = if bodiless { 0 } else { rng.below(2000) };
+        if !bodiless && rng.below(2) == 0 {
+            resp.extend_from_slice(
+                format!("HTTP/1.1 {status} X\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes(),
+            );
+            let mut left = body_len;
+            while left > 0 {
+                let n = (1 + rng.below(700)).min(left);
+                resp.extend_from_slice(format!("{n:x};ext=1\r\n").as_bytes());
+                resp.extend((0..n).map(|_| b'z'));
+                resp.extend_from_slice(b"\r\n");
+                left -= n;
+            }
+            resp.extend_from_slice(b"0\r\nTrailer: t\r\n\r\n");
+        } else {
+            resp.extend_from_slice(
+                format!("HTTP/1.1 {status} X\r\nContent-Length: {body_len}\r\n\r\n").as_bytes(),
+            );
+            resp.extend((0..body_len).map(|_| b'z'));
+        }
+        (req, resp, (path, status, req_body, body_len))
+    }
+
+    /// Splits `bytes` into random reads or writes; with `capture` set, each
+    /// carries at most that many bytes of payload (the rest uncaptured).
+    fn split(
+        rng: &mut Rng,
+        conn_id: u64,
+        dir: Direction,
+        ts: &mut u64,
+        bytes: &[u8],
+        capture: Option<usize>,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let n = (1 + rng.below(600) as usize).min(bytes.len() - at);
+            let piece = &bytes[at..at + n];
+            *ts += 1;
+            let payload = &piece[..capture.map_or(n, |c| c.min(n))];
+            events.push(cut(conn_id, dir, *ts, n as u32, payload));
+            at += n;
+        }
+        events
+    }
+
+    #[test]
+    fn random_splits_pair_exactly() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..200u64 {
+            let role = if round % 2 == 0 {
+                RoleHint::Server
+            } else {
+                RoleHint::Unknown
+            };
+            let mut events = vec![open(1, role)];
+            let mut want = Vec::new();
+            let mut ts = 0;
+            for n in 0..1 + rng.below(8) {
+                // Up to three pipelined requests, then their responses.
+                let batch: Vec<_> = (0..1 + rng.below(3))
+                    .map(|i| random_exchange(&mut rng, n * 10 + i))
+                    .collect();
+                let requests: Vec<u8> = batch.iter().flat_map(|b| b.0.clone()).collect();
+                let responses: Vec<u8> = batch.iter().flat_map(|b| b.1.clone()).collect();
+                events.extend(split(&mut rng, 1, In, &mut ts, &requests, None));
+                events.extend(split(&mut rng, 1, Out, &mut ts, &responses, None));
+                want.extend(batch.into_iter().map(|b| b.2));
+            }
+            let out = track(&events);
+            let got: Vec<_> = out
+                .iter()
+                .filter_map(|o| match o {
+                    Observation::Finished(f) => Some((
+                        f.request.path.clone(),
+                        f.status,
+                        f.request_body_bytes,
+                        f.response_body_bytes,
+                    )),
+                    Observation::Started(_) => None,
+                    other => panic!("round {round}: unexpected {other:?}"),
+                })
+                .collect();
+            assert_eq!(got, want, "round {round}");
+            let paths: Vec<_> = want.iter().map(|w| w.0.clone()).collect();
+            assert_eq!(
+                started(&out).into_iter().map(|s| s.1).collect::<Vec<_>>(),
+                paths
+            );
+        }
+    }
+
+    #[test]
+    fn random_damage_never_breaks_the_ledger() {
+        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        let mut seen = std::collections::BTreeSet::new();
+        for round in 0..300u64 {
+            let mut tracker = Tracker::new(TrackerConfig {
+                max_pending: 4,
+                ..TrackerConfig::default()
+            });
+            let mut events = Vec::new();
+            let mut ts = 0;
+            for conn in 1..=3u64 {
+                let role =
+                    [RoleHint::Server, RoleHint::Client, RoleHint::Unknown][rng.below(3) as usize];
+                events.push(open_in(conn, conn as u32 % 2, role));
+                let (req_dir, resp_dir) = if role == RoleHint::Client {
+                    (Out, In)
+                } else {
+                    (In, Out)
+                };
+                for batch in 0..rng.below(4) {
+                    // Up to six pipelined requests (more than `max_pending`), then
+                    // their responses, damaged now and then.
+                    let size = if rng.below(3) == 0 {
+                        1 + rng.below(6)
+                    } else {
+                        1
+                    };
+                    let (mut requests, mut responses) = (Vec::new(), Vec::new());
+                    for n in 0..size {
+                        let (req, resp, _) = random_exchange(&mut rng, batch * 10 + n);
+                        requests.extend(req);
+                        responses.extend(resp);
+                    }
+                    for bytes in [&mut requests, &mut responses] {
+                        if rng.below(5) == 0 {
+                            let at = rng.below(bytes.len() as u64) as usize;
+                            bytes[at] = rng.next() as u8;
+                        }
+                        if rng.below(8) == 0 {
+                            bytes.splice(0..0, (0..rng.below(40)).map(|_| rng.next() as u8));
+                        }
+                    }
+                    if rng.below(4) == 0 {
+                        // The connection will end mid-response.
+                        responses.truncate(rng.below(responses.len() as u64) as usize);
+                    }
+                    let capture = [None, None, Some(64), Some(300)][rng.below(4) as usize];
+                    events.extend(split(&mut rng, conn, req_dir, &mut ts, &requests, capture));
+                    events.extend(split(
+                        &mut rng, conn, resp_dir, &mut ts, &responses, capture,
+                    ));
+                }
+                if rng.below(2) == 0 {
+                    events.push(close(conn, ts));
+                }
+            }
+            // Interleave connections a little (each keeps its own order).
+            let conn_of = |e: &Event| match e {
+                Event::Data(d) => Some(d.conn_id),
+                Event::Close { conn_id, .. } => Some(*conn_id),
+                _ => None,
+            };
+            for i in (1..events.len()).rev() {
+                let (a, b) = (conn_of(&events[i - 1]), conn_of(&events[i]));
+                if a.is_some() && b.is_some() && a != b && rng.below(3) == 0 {
+                    events.swap(i - 1, i);
+                }
+            }
+            events.push(Event::ProcessExit { tgid: 0 });
+            events.push(Event::ProcessExit { tgid: 1 });
+            let out = run(&mut tracker, &events);
+            assert!(tracker.is_empty(), "round {round}");
+            let mut open_ids = std::collections::BTreeSet::new();
+            for o in &out {
+                seen.insert(match o {
+                    Observation::Started(_) => "started",
+                    Observation::Finished(f) if f.complete => "finished",
+                    Observation::Finished(_) => "finished incomplete",
+                    Observation::Abandoned { reason, .. } => reason.label(),
+                    Observation::Anomaly(a) => a.label(),
+                });
+                match o {
+                    Observation::Started(s) => {
+                        assert!(open_ids.insert(s.id), "round {round}: id reused")
+                    }
+                    Observation::Finished(Finished { id, .. })
+                    | Observation::Abandoned { id, .. } => {
+                        assert!(
+                            open_ids.remove(id),
+                            "round {round}: {id} ended twice or never started"
+                        )
+                    }
+                    Observation::Anomaly(_) => {}
+                }
+            }
+            assert!(
+                open_ids.is_empty(),
+                "round {round}: never ended: {open_ids:?}"
+            );
+        }
+        // The damage reached every path worth checking.
+        for what in [
+            "started",
+            "finished",
+            "finished incomplete",
+            "closed_unanswered",
+            "process_exited",
+            "desync",
+            "queue_full",
+            "bad_head",
+            "capture_gap",
+            "bad_chunk",
+        ] {
+            assert!(seen.contains(what), "{what} never happened: {seen:?}");
+        }
+    }
+}

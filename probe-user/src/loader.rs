@@ -10,9 +10,12 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use probe_common::{counter, globals, maps, Config, ConnKey, ConnState};
+use probe_common::{globals, maps, Config, ConnKey, ConnState};
 
-use crate::btf::{self, Btf, BtfError};
+use crate::{
+    btf::{self, Btf, BtfError},
+    metrics::KernelCounters,
+};
 
 /// The eBPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
@@ -68,15 +71,6 @@ const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
     ("process_exit", "sched", &["sched_process_exit"]),
     ("process_fork", "sched", &["sched_process_fork"]),
     ("process_exec", "sched", &["sched_process_exec"]),
-];
-
-/// Kernel counters in `COUNTERS` that are losses, with their metric label.
-pub const LOSS_REASONS: &[(u32, &str)] = &[
-    (counter::RINGBUF_FULL, "ringbuf_full"),
-    (counter::CONN_TABLE_FULL, "conn_table_full"),
-    (counter::CALL_TABLE_FULL, "call_table_full"),
-    (counter::PID_TABLE_FULL, "pid_table_full"),
-    (counter::COPY_FAILED, "copy_failed"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -293,19 +287,14 @@ impl Probe {
         self.attached
     }
 
-    /// Current totals of the kernel's loss counters, summed over CPUs.
-    pub fn losses(&self) -> Vec<(&'static str, u64)> {
-        LOSS_REASONS
-            .iter()
-            .map(|&(idx, label)| (label, self.counter(idx)))
-            .collect()
-    }
-
-    fn counter(&self, idx: u32) -> u64 {
-        self.counters
-            .get(&idx, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+    /// Current totals of the kernel's counters, summed over CPUs, indexed
+    /// by `probe_common::counter`.
+    pub fn counters(&self) -> KernelCounters {
+        let mut totals = KernelCounters::default();
+        for (idx, total) in totals.iter_mut().enumerate() {
+            *total = self.counters.get(&(idx as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+        }
+        totals
     }
 
     /// Adds a process to the pid filter (a `--exe` match found after start).

@@ -1,30 +1,171 @@
-use std::time::Duration;
-
-use clap::Parser;
-use sonde::{
-    cli::Cli,
-    event,
-    loader::{self, Settings},
-    source::{EventSource, RingBufSource},
+//! `sonde`: parse flags, serve the endpoints, load and attach the kernel
+//! programs, run the pipeline until SIGINT/SIGTERM, then detach and exit 0.
+//!
+//! Every failure a user can cause or meet (a bad flag, not root, no BTF, a
+//! port in use) ends in one line on stderr and a non-zero exit, never a panic.
+use std::{
+    process::ExitCode,
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
 };
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let (probe, rb) = loader::load(&Settings {
+use anyhow::Context as _;
+use clap::Parser as _;
+use prometheus::Registry;
+use sonde::{
+    cli::Cli,
+    conn::TrackerConfig,
+    loader::{self, Settings},
+    metrics::{Aggregator, AggregatorConfig, SelfMetrics},
+    pipeline::{self, Pipeline},
+    process::{Names, ProcFs},
+    route::Limits,
+    server::{MetricsServer, Probes},
+    source::RingBufSource,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Exit code for usage errors (flags, environment), as clap uses.
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("sonde: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(USAGE);
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("sonde: invalid value '{}' for '--log-level': {e}", cli.log_level);
+            return ExitCode::from(USAGE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            eprintln!("sonde: {}", msg.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sonde-http")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let own = SelfMetrics::new(&registry, env!("CARGO_PKG_VERSION")).context("registering metrics")?;
+    let aggregator = Aggregator::new(
+        &registry,
+        AggregatorConfig {
+            limits: Limits {
+                routes_per_service: cli.max_routes_per_service as usize,
+                ..Limits::default()
+            },
+            ..AggregatorConfig::default()
+        },
+    )
+    .context("registering metrics")?;
+
+    // Bind before loading: a port in use should fail before any program is attached.
+    let health = Probes::new(Duration::from_secs(30));
+    let server = MetricsServer::bind(cli.metrics_addr, registry.clone(), health.clone()).await?;
+    let metrics_addr = server.local_addr();
+
+    let proc = ProcFs::default();
+    let mut pids = proc.with_descendants(&cli.pids)?;
+    if let Some(re) = &cli.exe {
+        pids.extend(proc.matching(re)?);
+    }
+    let filter_pids = !cli.pids.is_empty() || cli.exe.is_some();
+    let (probe, ring) = loader::load(&Settings {
         capture_bytes: cli.capture_bytes,
         ports: cli.ports.clone(),
-        pids: cli.pids.clone(),
-        filter_pids: !cli.pids.is_empty(),
-        notify_exec: false,
-        ignore_peer_port: cli.metrics_addr.port(),
+        pids,
+        filter_pids,
+        notify_exec: cli.exe.is_some(),
+        ignore_peer_port: metrics_addr.port(),
         ringbuf_bytes: cli.ringbuf_mib << 20,
         max_connections: cli.max_connections,
     })?;
-    eprintln!("attached {}", probe.attached());
-    let mut src = RingBufSource::new(rb);
-    loop {
-        src.wait(Duration::from_millis(20));
-        src.drain(&mut |r| println!("{:?}", event::decode(r)));
-        eprintln!("{:?}", probe.losses());
+    tracing::info!(
+        attachments = probe.attached(),
+        metrics = %metrics_addr,
+        capture_bytes = cli.capture_bytes,
+        "sonde is watching"
+    );
+
+    let pipeline = Pipeline::new(
+        TrackerConfig {
+            idle_timeout_ns: cli.idle_timeout_secs * 1_000_000_000,
+            max_connections: cli.max_connections as usize,
+            ..TrackerConfig::default()
+        },
+        aggregator,
+        Names::new(proc.clone(), Names::DEFAULT_CAPACITY),
+        own,
+        cli.exe.clone(),
+        proc,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    // Dropped when the pipeline thread ends, however it ends.
+    let (alive, mut ended) = tokio::sync::oneshot::channel::<()>();
+    let drain = {
+        let (stop, health, interval) = (stop.clone(), health.clone(), cli.drain_interval());
+        std::thread::Builder::new()
+            .name("sonde-pipeline".into())
+            .spawn(move || {
+                let _alive = alive;
+                pipeline::run(RingBufSource::new(ring), pipeline, probe, health, interval, stop)
+            })
+            .context("cannot start the pipeline thread")?
+    };
+    health.set_ready();
+
+    let (tx, mut rx) = tokio::sync::watch::channel(());
+    let http = tokio::spawn(server.serve(async move {
+        let _ = rx.changed().await;
+    }));
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let unexpected = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); false }
+        _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); false }
+        _ = &mut ended => true,
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = tx.send(());
+    // The pipeline thread owns the programs: joining it drops them (detach).
+    tokio::task::spawn_blocking(move || drain.join())
+        .await
+        .context("joining the pipeline")?
+        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+    let _ = http.await;
+    if unexpected {
+        anyhow::bail!("the pipeline stopped unexpectedly");
     }
+    Ok(())
 }

@@ -1,1 +1,163 @@
-//! (to be written)
+//! The line of stages, wired: records → `event::decode` → `conn::Tracker` →
+//! `metrics::Aggregator`, plus the housekeeping that keeps every table
+//! bounded (expiry of idle connections, forgetting exited processes).
+//!
+//! `Pipeline` is pure: it takes records and a clock and never touches the
+//! kernel, except through the `PidFilter` seam. `run` is the loop that feeds
+//! it from an `EventSource` on its own thread.
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use regex::Regex;
+
+use crate::{
+    conn::{Tracker, TrackerConfig},
+    event::{self, Event},
+    exchange::Observation,
+    loader::Probe,
+    metrics::{Aggregator, SelfMetrics},
+    process::{Names, ProcFs},
+    server::Probes,
+    source::EventSource,
+};
+
+/// Where `--exe` matches found after start-up are sent (the kernel's pid
+/// filter in the daemon).
+pub trait PidFilter {
+    fn allow(&mut self, tgid: u32);
+}
+
+impl PidFilter for Probe {
+    fn allow(&mut self, tgid: u32) {
+        self.allow_pid(tgid);
+    }
+}
+
+pub struct Pipeline {
+    tracker: Tracker,
+    aggregator: Aggregator,
+    names: Names,
+    own: SelfMetrics,
+    /// `--exe`: processes that exec a matching image are added to the filter.
+    exe: Option<Regex>,
+    proc: ProcFs,
+    scratch: Vec<Observation>,
+}
+
+impl Pipeline {
+    pub fn new(
+        tracker: TrackerConfig,
+        aggregator: Aggregator,
+        names: Names,
+        own: SelfMetrics,
+        exe: Option<Regex>,
+        proc: ProcFs,
+    ) -> Self {
+        Self {
+            tracker: Tracker::new(tracker),
+            aggregator,
+            names,
+            own,
+            exe,
+            proc,
+            scratch: Vec::with_capacity(16),
+        }
+    }
+
+    /// One ring-buffer record. Malformed records are counted, never fatal.
+    pub fn on_record(&mut self, record: &[u8], filter: &mut dyn PidFilter) {
+        match event::decode(record) {
+            Ok(ev) => self.on_event(&ev, filter),
+            Err(e) => self.own.record_decode_error(&e),
+        }
+    }
+
+    pub fn on_event(&mut self, ev: &Event, filter: &mut dyn PidFilter) {
+        match ev {
+            Event::Open(open) => self.names.on_conn_open(open),
+            Event::ProcessExec { tgid } => {
+                // The process is another program now: name it afresh.
+                self.names.forget(*tgid);
+                if let Some(re) = &self.exe {
+                    if self.proc.matches(*tgid, re) {
+                        filter.allow(*tgid);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.tracker.handle(ev, &mut self.scratch);
+        self.flush();
+        if let Event::ProcessExit { tgid } = ev {
+            // After the tracker's last observations for it were named.
+            self.names.forget(*tgid);
+        }
+    }
+
+    /// Periodic housekeeping; `now_ns` on the kernel's clock (CLOCK_MONOTONIC).
+    pub fn tick(&mut self, now_ns: u64) {
+        self.tracker.expire(now_ns, &mut self.scratch);
+        self.flush();
+        self.own.set_connections_tracked(self.tracker.len());
+    }
+
+    fn flush(&mut self) {
+        for obs in self.scratch.drain(..) {
+            self.aggregator.observe(&obs, &mut self.names);
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// How often the slower chores run inside the drain loop.
+const TICK: Duration = Duration::from_secs(1);
+const SWEEP: Duration = Duration::from_secs(30);
+
+/// The drain loop: runs until `stop` is set. Each pass waits at most
+/// `interval` (the kernel wakes it earlier when the buffer fills up), then
+/// drains everything waiting.
+pub fn run(
+    mut source: impl EventSource,
+    mut pipeline: Pipeline,
+    mut probe: Probe,
+    health: Probes,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    let proc = pipeline.proc.clone();
+    let mut last_tick = Instant::now();
+    let mut last_sweep = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        source.wait(interval);
+        let n = source.drain(&mut |rec| pipeline.on_record(rec, &mut probe));
+        pipeline.own.record_events_read(n as u64);
+        health.beat();
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            pipeline.tick(monotonic_ns());
+            pipeline.own.set_kernel_counters(&probe.counters());
+        }
+        if last_sweep.elapsed() >= SWEEP {
+            last_sweep = Instant::now();
+            let removed = probe.sweep_connections(|tgid| proc.exists(tgid));
+            if removed > 0 {
+                tracing::debug!(removed, "kernel connection entries of exited processes removed");
+            }
+        }
+    }
+    // Whatever is still waiting belongs to traffic seen before the signal.
+    let n = source.drain(&mut |rec| pipeline.on_record(rec, &mut probe));
+    pipeline.own.record_events_read(n as u64);
+}

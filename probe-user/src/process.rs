@@ -58,6 +58,11 @@ impl ProcFs {
         label_value(&String::from_utf8_lossy(base))
     }
 
+    /// Whether process `tgid` still exists.
+    pub fn exists(&self, tgid: u32) -> bool {
+        self.root.join(tgid.to_string()).exists()
+    }
+
     /// Whether `tgid` runs a program whose basename matches `exe` (unanchored:
     /// write `^nginx$` for an exact name).
     pub fn matches(&self, tgid: u32, exe: &Regex) -> bool {

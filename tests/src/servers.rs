@@ -1,0 +1,172 @@
+//! Real, uninstrumented servers for sonde to observe: the Python
+//! `http.server` service in `servers/app.py`, nginx, and the Node service in
+//! `servers/app.js`. Each is stopped when its guard is dropped.
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::process::{
+    exe_basename, first_stdout_line, free_port, wait_for_port, ChildGuard, TempDir,
+};
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A file in `tests/servers/`.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("servers")
+        .join(name)
+}
+
+/// The Python interpreter itself (`SONDE_TEST_PYTHON`, else what `python3`
+/// resolves to), so no wrapper such as a pyenv shim runs between spawn and
+/// the interpreter.
+pub fn python_interpreter() -> PathBuf {
+    static INTERPRETER: OnceLock<PathBuf> = OnceLock::new();
+    INTERPRETER
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("SONDE_TEST_PYTHON") {
+                return PathBuf::from(path);
+            }
+            let output = Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .output()
+                .expect("run python3");
+            assert!(output.status.success(), "python3 failed: {output:?}");
+            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+        })
+        .clone()
+}
+
+/// A server process listening on 127.0.0.1.
+pub struct Server {
+    process: ChildGuard,
+    port: u16,
+}
+
+impl Server {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// What sonde calls this server: the basename of its executable.
+    pub fn service_name(&self) -> String {
+        exe_basename(self.pid())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Spawns `command`, which prints the port it listens on as its first
+    /// stdout line, and waits until that port accepts connections.
+    fn spawn_announcing_port(name: &str, command: &mut Command) -> Result<Server> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        let mut process = ChildGuard::new(name, child);
+        let line = first_stdout_line(&mut process, STARTUP_TIMEOUT)?;
+        let port = line
+            .parse()
+            .with_context(|| format!("{name} printed {line:?} instead of its port"))?;
+        wait_for_port(port, STARTUP_TIMEOUT)?;
+        Ok(Server { process, port })
+    }
+}
+
+/// `servers/app.py`: Python's threaded `http.server` (endpoints listed there).
+pub fn python() -> Server {
+    Server::spawn_announcing_port(
+        "python app.py",
+        Command::new(python_interpreter()).arg(script("app.py")),
+    )
+    .expect("start the Python test server")
+}
+
+/// `servers/app.js`: Node's `http` module (endpoints listed there).
+pub fn node() -> Server {
+    Server::spawn_announcing_port("node app.js", Command::new("node").arg(script("app.js")))
+        .expect("start the Node test server")
+}
+
+/// nginx (master + one worker) answering `200 ok` on every path, logging one
+/// line per request to its own access log.
+pub struct Nginx {
+    server: Server,
+    dir: TempDir,
+}
+
+impl Nginx {
+    pub fn start() -> Nginx {
+        Self::try_start().expect("start nginx (installed by `cargo xtask setup`)")
+    }
+
+    fn try_start() -> Result<Nginx> {
+        let dir = TempDir::new("nginx")?;
+        let port = free_port();
+        let prefix = dir.path().display();
+        let config = format!(
+            r#"daemon off;
+master_process on;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    log_format simple '$status $request_method $request_uri';
+    access_log {prefix}/access.log simple;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"#
+        );
+        let config_path = dir.path().join("nginx.conf");
+        std::fs::write(&config_path, config)?;
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawn nginx")?;
+        let process = ChildGuard::new("nginx", child);
+        wait_for_port(port, STARTUP_TIMEOUT).with_context(|| {
+            let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+            format!("nginx error log:\n{log}")
+        })?;
+        Ok(Nginx {
+            server: Server { process, port },
+            dir,
+        })
+    }
+
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Requests nginx has logged so far.
+    pub fn access_log_lines(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .map(|log| log.lines().count())
+            .unwrap_or(0)
+    }
+}
