@@ -292,7 +292,11 @@ impl Probe {
     pub fn counters(&self) -> KernelCounters {
         let mut totals = KernelCounters::default();
         for (idx, total) in totals.iter_mut().enumerate() {
-            *total = self.counters.get(&(idx as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+            *total = self
+                .counters
+                .get(&(idx as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
         }
         totals
     }

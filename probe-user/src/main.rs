@@ -46,7 +46,10 @@ fn main() -> ExitCode {
     let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("sonde: invalid value '{}' for '--log-level': {e}", cli.log_level);
+            eprintln!(
+                "sonde: invalid value '{}' for '--log-level': {e}",
+                cli.log_level
+            );
             return ExitCode::from(USAGE);
         }
     };
@@ -77,7 +80,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let registry = Registry::new();
-    let own = SelfMetrics::new(&registry, env!("CARGO_PKG_VERSION")).context("registering metrics")?;
+    let own =
+        SelfMetrics::new(&registry, env!("CARGO_PKG_VERSION")).context("registering metrics")?;
     let aggregator = Aggregator::new(
         &registry,
         AggregatorConfig {
@@ -139,7 +143,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             .name("sonde-pipeline".into())
             .spawn(move || {
                 let _alive = alive;
-                pipeline::run(RingBufSource::new(ring), pipeline, probe, health, interval, stop)
+                pipeline::run(
+                    RingBufSource::new(ring),
+                    pipeline,
+                    probe,
+                    health,
+                    interval,
+                    stop,
+                )
             })
             .context("cannot start the pipeline thread")?
     };

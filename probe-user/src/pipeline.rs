@@ -115,7 +115,10 @@ impl Pipeline {
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -153,7 +156,10 @@ pub fn run(
             last_sweep = Instant::now();
             let removed = probe.sweep_connections(|tgid| proc.exists(tgid));
             if removed > 0 {
-                tracing::debug!(removed, "kernel connection entries of exited processes removed");
+                tracing::debug!(
+                    removed,
+                    "kernel connection entries of exited processes removed"
+                );
             }
         }
     }

@@ -1,1 +1,90 @@
-fn main() {}
+//! Developer and CI tasks for sonde, run as `cargo xtask <command>`.
+//!
+//! This file only parses the command line and dispatches; each command lives
+//! in its own module. Errors end the process with a one-line message.
+
+mod children;
+mod cmd;
+mod demo;
+mod http_get;
+mod promtext;
+mod run;
+mod setup;
+mod summary;
+mod test_suite;
+mod workspace;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(bin_name = "cargo xtask", about = "Build, run, demo and test sonde")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and running sonde needs (root; idempotent).
+    Setup,
+    /// Build the sonde binary (target/{debug,release}/sonde).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build in release mode and run sonde as root with the given flags.
+    Run {
+        /// Flags passed to sonde, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        sonde_args: Vec<std::ffi::OsString>,
+    },
+    /// Run a demo service, a load generator and sonde; print a live
+    /// per-endpoint summary scraped from sonde's /metrics.
+    Demo {
+        /// Stop by itself after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// fmt, clippy, unit tests, release build and privileged end-to-end tests.
+    Test {
+        /// Only fmt, clippy and unit tests.
+        #[arg(long, conflicts_with = "e2e")]
+        unit: bool,
+        /// Only the release build and the end-to-end tests.
+        #[arg(long)]
+        e2e: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Setup => setup::ensure(setup::Scope::Everything, setup::Root::Required)?,
+        Command::Build { release } => {
+            setup::ensure(setup::Scope::Build, setup::Root::OnlyToInstall)?;
+            workspace::build_sonde(release)?;
+        }
+        Command::Run { sonde_args } => run::run(&sonde_args)?,
+        Command::Demo { seconds } => demo::demo(seconds.map(Duration::from_secs))?,
+        Command::Test { unit, e2e } => {
+            // The suite prints its own verdict as its last line.
+            if !test_suite::test(test_suite::Selection::from_flags(unit, e2e))? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,303 @@
+//! `cargo xtask setup`: make this machine able to build, run and test sonde.
+//!
+//! Every item is checked cheaply first (one `dpkg-query`, a few `--version`
+//! calls, a look at /proc/self/mounts), so a machine that has everything is
+//! done in well under a second and nothing is touched. Only what is missing
+//! is installed, and `apt-get update` runs only when a package must be.
+
+use std::fmt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+
+/// What the caller is about to do, hence what must be present.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Compiling sonde (its build script builds the eBPF object).
+    Build,
+    /// Building, running the daemon and the end-to-end tests' peers.
+    Everything,
+}
+
+/// Whether not being root is an error even when nothing is missing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    Required,
+    OnlyToInstall,
+}
+
+/// Debian packages and the scope that needs them. Node is not here: it is
+/// preinstalled outside dpkg on these machines and Debian's `nodejs` would
+/// conflict with it, so it is checked with `node --version` instead.
+const APT_PACKAGES: &[(&str, Scope)] = &[
+    // bpf-linker links against LLVM 22 (the nightly's LLVM) dynamically.
+    ("llvm-22-dev", Scope::Build),
+    ("libpolly-22-dev", Scope::Build),
+    ("libzstd-dev", Scope::Build),
+    ("zlib1g-dev", Scope::Build),
+    ("nginx", Scope::Everything),
+    ("wrk", Scope::Everything),
+    ("curl", Scope::Everything),
+    ("bpftool", Scope::Everything),
+    ("iproute2", Scope::Everything),
+    ("python3", Scope::Everything),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const TRACEFS: &str = "/sys/kernel/tracing";
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// One thing to do, in the order they must happen (LLVM before bpf-linker).
+enum Action {
+    AptInstall(Vec<String>),
+    NightlyToolchain,
+    RustSrc,
+    BpfLinker,
+    MountTracefs,
+    MountBpffs,
+}
+
+pub fn ensure(scope: Scope, root: Root) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if root == Root::Required && !is_root {
+        bail!("setup must run as root (try: sudo -E cargo xtask setup)");
+    }
+    let actions = missing(scope)?;
+    if actions.is_empty() {
+        eprintln!("setup: all present");
+        return Ok(());
+    }
+    if !is_root {
+        let todo: Vec<String> = actions.iter().map(Action::to_string).collect();
+        bail!("setup must run as root to {}", todo.join(", "));
+    }
+    for action in &actions {
+        perform(action)?;
+    }
+    eprintln!("setup: done ({} step(s))", actions.len());
+    Ok(())
+}
+
+fn missing(scope: Scope) -> Result<Vec<Action>> {
+    let mut actions = Vec::new();
+
+    let wanted: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(_, needed_for)| scope == Scope::Everything || *needed_for == Scope::Build)
+        .map(|(name, _)| *name)
+        .collect();
+    let mut apt = missing_packages(&wanted)?;
+    if scope == Scope::Everything
+        && cmd::stdout_if_ok(Command::new("node").arg("--version")).is_none()
+    {
+        apt.push("nodejs".to_owned());
+    }
+    if !apt.is_empty() {
+        actions.push(Action::AptInstall(apt));
+    }
+
+    let toolchains = cmd::stdout_if_ok(Command::new("rustup").args(["toolchain", "list"]))
+        .context("`rustup toolchain list` failed; is rustup installed?")?;
+    if !has_plain_nightly(&toolchains) {
+        actions.push(Action::NightlyToolchain);
+        actions.push(Action::RustSrc);
+    } else {
+        let components = cmd::stdout_if_ok(Command::new("rustup").args([
+            "component",
+            "list",
+            "--toolchain",
+            "nightly",
+            "--installed",
+        ]))
+        .unwrap_or_default();
+        if !components.lines().any(|line| line.starts_with("rust-src")) {
+            actions.push(Action::RustSrc);
+        }
+    }
+
+    let linker = cmd::stdout_if_ok(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if linker.split_whitespace().nth(1) != Some(BPF_LINKER_VERSION) {
+        actions.push(Action::BpfLinker);
+    }
+
+    if scope == Scope::Everything {
+        if !Path::new(TRACEFS).join("events").exists() {
+            actions.push(Action::MountTracefs);
+        }
+        let mounts =
+            std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+        if !is_mounted(&mounts, BPFFS, "bpf") {
+            actions.push(Action::MountBpffs);
+        }
+    }
+    Ok(actions)
+}
+
+/// The packages among `wanted` that dpkg does not report as installed.
+fn missing_packages(wanted: &[&str]) -> Result<Vec<String>> {
+    // dpkg-query exits 1 when any package is unknown but still prints the
+    // known ones, so its status is not the answer: its output is.
+    let output = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\n"])
+        .args(wanted)
+        .output()
+        .context("cannot run dpkg-query (is this Debian?)")?;
+    let listing = String::from_utf8_lossy(&output.stdout);
+    Ok(wanted
+        .iter()
+        .filter(|name| !is_installed(&listing, name))
+        .map(|name| (*name).to_owned())
+        .collect())
+}
+
+fn is_installed(dpkg_listing: &str, package: &str) -> bool {
+    dpkg_listing.lines().any(|line| {
+        line.strip_prefix(package)
+            .and_then(|rest| rest.strip_prefix(' '))
+            == Some("install ok installed")
+    })
+}
+
+/// Whether `rustup toolchain list` shows `nightly` itself (what `+nightly`
+/// and the eBPF build use), not only a dated `nightly-2026-05-19`.
+fn has_plain_nightly(toolchain_list: &str) -> bool {
+    toolchain_list.lines().any(|line| {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        name.strip_prefix("nightly-")
+            .is_some_and(|host| !host.starts_with(|c: char| c.is_ascii_digit()))
+    })
+}
+
+fn is_mounted(proc_mounts: &str, mount_point: &str, fs_type: &str) -> bool {
+    proc_mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(mount_point) && fields.next() == Some(fs_type)
+    })
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::AptInstall(packages) => {
+                write!(f, "install Debian packages {}", packages.join(" "))
+            }
+            Action::NightlyToolchain => write!(f, "install the nightly toolchain"),
+            Action::RustSrc => write!(f, "add rust-src to nightly"),
+            Action::BpfLinker => write!(f, "install bpf-linker {BPF_LINKER_VERSION}"),
+            Action::MountTracefs => write!(f, "mount tracefs at {TRACEFS}"),
+            Action::MountBpffs => write!(f, "mount bpffs at {BPFFS}"),
+        }
+    }
+}
+
+fn perform(action: &Action) -> Result<()> {
+    eprintln!("setup: {action}");
+    match action {
+        Action::AptInstall(packages) => {
+            cmd::run(
+                Command::new("apt-get")
+                    .arg("update")
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+            cmd::run(
+                Command::new("apt-get")
+                    .args(["-q", "install", "-y", "--no-install-recommends"])
+                    .args(packages)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )
+        }
+        Action::NightlyToolchain => cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ])),
+        Action::RustSrc => cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ])),
+        // --locked: the dependency versions bpf-linker was released (and
+        // tried here) with, not whatever is newest on the day of install.
+        Action::BpfLinker => cmd::run(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--locked",
+                ])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", LLVM_PREFIX),
+        ),
+        Action::MountTracefs => {
+            cmd::run(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))
+        }
+        Action::MountBpffs => cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_dpkg_listing() {
+        let listing = "curl install ok installed\n\
+                       nginx deinstall ok config-files\n\
+                       llvm-22-dev install ok installed\n";
+        let cases = [
+            ("curl", true),
+            ("nginx", false),   // removed, only its config left
+            ("llvm-22", false), // a prefix of an installed package's name
+            ("llvm-22-dev", true),
+            ("wrk", false), // unknown to dpkg: not listed at all
+        ];
+        for (package, expected) in cases {
+            assert_eq!(is_installed(listing, package), expected, "{package}");
+        }
+    }
+
+    #[test]
+    fn finds_the_nightly_toolchain() {
+        let cases = [
+            ("stable-x86_64-unknown-linux-gnu (active, default)\nnightly-x86_64-unknown-linux-gnu\n", true),
+            ("nightly-aarch64-unknown-linux-gnu (active)\n", true),
+            ("stable-x86_64-unknown-linux-gnu (default)\nnightly-2026-05-19-x86_64-unknown-linux-gnu\n", false),
+            ("stable-x86_64-unknown-linux-gnu (default)\n", false),
+            ("no installed toolchains\n", false),
+        ];
+        for (list, expected) in cases {
+            assert_eq!(has_plain_nightly(list), expected, "{list}");
+        }
+    }
+
+    #[test]
+    fn reads_proc_mounts() {
+        let mounts = "sysfs /sys sysfs rw,nosuid 0 0\n\
+                      nodev /sys/kernel/tracing tracefs rw,relatime 0 0\n\
+                      bpf /sys/fs/bpf bpf rw,relatime 0 0\n";
+        let cases = [
+            (BPFFS, "bpf", true),
+            (TRACEFS, "tracefs", true),
+            ("/sys/fs/bpf/x", "bpf", false),
+            ("/sys", "bpf", false),
+        ];
+        for (mount_point, fs_type, expected) in cases {
+            assert_eq!(
+                is_mounted(mounts, mount_point, fs_type),
+                expected,
+                "{mount_point}"
+            );
+        }
+    }
+}
