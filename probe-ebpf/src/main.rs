@@ -25,10 +25,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{
-            bpf_get_current_task_btf, bpf_probe_read_user as probe_read_user_raw,
-            bpf_ringbuf_output, bpf_task_pt_regs,
-        },
+        generated::{bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output},
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -153,7 +150,7 @@ fn tgid_wanted(cfg: &Config, tgid: u32) -> bool {
     if tgid == cfg.self_tgid {
         return false;
     }
-    cfg.filter_pids == 0 || unsafe { PID_FILTER.get(&tgid) }.is_some()
+    cfg.filter_pids == 0 || unsafe { PID_FILTER.get(tgid) }.is_some()
 }
 
 /// Ring-buffer flags: no wakeup per record; the reader drains on a timer,
@@ -186,7 +183,7 @@ fn enter(cfg: &Config, op: u32, fd: u64, buf: u64, vlen: u64) -> Result<u32, u32
     let fd = fd as u32;
     if op != op::ACCEPT {
         // Known non-HTTP connections stop here, at one lookup per call.
-        if let Some(c) = unsafe { CONNS.get(&ConnKey { tgid, fd }) } {
+        if let Some(c) = unsafe { CONNS.get(ConnKey { tgid, fd }) } {
             if c.proto == proto::OTHER {
                 return Ok(0);
             }
@@ -200,7 +197,7 @@ fn enter(cfg: &Config, op: u32, fd: u64, buf: u64, vlen: u64) -> Result<u32, u32
         vlen: vlen as u32,
         _pad: 0,
     };
-    if CALLS.insert(&pid_tgid, &call, 0).is_err() {
+    if CALLS.insert(pid_tgid, call, 0).is_err() {
         count(counter::CALL_TABLE_FULL);
     }
     Ok(0)
@@ -257,7 +254,7 @@ pub fn sock_length(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
-    match CALLS.get_ptr_mut(&pid_tgid) {
+    match CALLS.get_ptr_mut(pid_tgid) {
         Some(call) => unsafe { (*call).sk = sk },
         None => {
             // A call whose entry we did not see: typically a server thread
@@ -273,7 +270,7 @@ pub fn sock_length(ctx: TracePointContext) -> u32 {
                     vlen: 0,
                     _pad: 0,
                 };
-                if CALLS.insert(&pid_tgid, &call, 0).is_err() {
+                if CALLS.insert(pid_tgid, call, 0).is_err() {
                     count(counter::CALL_TABLE_FULL);
                 }
             }
@@ -288,6 +285,7 @@ pub fn sock_length(ctx: TracePointContext) -> u32 {
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
 fn recover_call(ctx: &TracePointContext, call: &mut Call) -> bool {
+    use aya_ebpf::helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs};
     let nr = unsafe { ctx.read_at::<i64>(8) }.unwrap_or(-1);
     call.op = match nr as i32 {
         0 | 45 => op::READ,
@@ -328,11 +326,11 @@ pub fn sys_exit_call(ctx: TracePointContext) -> u32 {
 
 fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let mut call = match unsafe { CALLS.get(&pid_tgid) } {
+    let mut call = match unsafe { CALLS.get(pid_tgid) } {
         Some(c) => *c,
         None => return Ok(0),
     };
-    let _ = CALLS.remove(&pid_tgid);
+    let _ = CALLS.remove(pid_tgid);
     if call.op == op::MISSED_ENTRY && !recover_call(ctx, &mut call) {
         return Ok(0);
     }
@@ -355,7 +353,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
 #[inline(always)]
 fn track_new(cfg: &Config, tgid: u32, fd: u32, role: u32) {
     let key = ConnKey { tgid, fd };
-    if let Some(old) = unsafe { CONNS.get(&key) } {
+    if let Some(old) = unsafe { CONNS.get(key) } {
         // The fd was reused without a close we saw (dup2, exec).
         emit_close(cfg, &key, old);
     }
@@ -367,7 +365,7 @@ fn track_new(cfg: &Config, tgid: u32, fd: u32, role: u32) {
         misses: 0,
         _pad: 0,
     };
-    if CONNS.insert(&key, &st, 0).is_err() {
+    if CONNS.insert(key, st, 0).is_err() {
         count(counter::CONN_TABLE_FULL);
     }
 }
@@ -409,7 +407,7 @@ fn port_wanted(cfg: &Config, st: &ConnState, local: u32, peer: u32) -> bool {
     if cfg.filter_ports == 0 {
         return true;
     }
-    let has = |p: u32| unsafe { PORT_FILTER.get(&p) }.is_some();
+    let has = |p: u32| unsafe { PORT_FILTER.get(p) }.is_some();
     match st.role {
         role::SERVER => has(local),
         role::CLIENT => has(peer),
@@ -431,7 +429,7 @@ fn on_data(cfg: &Config, ctx: &TracePointContext, pid_tgid: u64, call: &Call, re
     let _ = ctx;
     let tgid = (pid_tgid >> 32) as u32;
     let key = ConnKey { tgid, fd: call.fd };
-    let st = match CONNS.get_ptr_mut(&key) {
+    let st = match CONNS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
             let fresh = ConnState {
@@ -442,11 +440,11 @@ fn on_data(cfg: &Config, ctx: &TracePointContext, pid_tgid: u64, call: &Call, re
                 misses: 0,
                 _pad: 0,
             };
-            if CONNS.insert(&key, &fresh, 0).is_err() {
+            if CONNS.insert(key, fresh, 0).is_err() {
                 count(counter::CONN_TABLE_FULL);
                 return;
             }
-            match CONNS.get_ptr_mut(&key) {
+            match CONNS.get_ptr_mut(key) {
                 Some(p) => p,
                 None => return,
             }
@@ -540,7 +538,7 @@ fn copy_payload(call: &Call, want: u64, dst: &mut [u8; 2 * MAX_CAPTURE]) -> u64 
                 count(counter::COPY_FAILED);
                 return 0;
             };
-            copy_iov(dst, msg.msg_iov as u64, msg.msg_iovlen as u64, want)
+            copy_iov(dst, msg.msg_iov, msg.msg_iovlen, want)
         }
         _ => 0,
     }
@@ -557,8 +555,8 @@ fn copy_iov(dst: &mut [u8; 2 * MAX_CAPTURE], iov: u64, vlen: u64, want: u64) -> 
             count(counter::COPY_FAILED);
             break;
         };
-        let n = core::cmp::min(v.iov_len as u64, want - off);
-        let got = copy_chunk(dst, off, v.iov_base as u64, n);
+        let n = core::cmp::min(v.iov_len, want - off);
+        let got = copy_chunk(dst, off, v.iov_base, n);
         off += got;
         if got < n {
             break;
@@ -696,9 +694,9 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         tgid,
         fd: arg(&ctx, 0) as u32,
     };
-    if let Some(st) = unsafe { CONNS.get(&key) } {
+    if let Some(st) = unsafe { CONNS.get(key) } {
         emit_close(&cfg, &key, st);
-        let _ = CONNS.remove(&key);
+        let _ = CONNS.remove(key);
     }
     0
 }
@@ -716,7 +714,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     let cfg = config();
     let tgid = (pid_tgid >> 32) as u32;
     if cfg.filter_pids != 0 {
-        let _ = PID_FILTER.remove(&tgid);
+        let _ = PID_FILTER.remove(tgid);
     }
     let hdr = EventHeader {
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -739,11 +737,11 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if unsafe { PID_FILTER.get(&parent) }.is_none() {
+    if unsafe { PID_FILTER.get(parent) }.is_none() {
         return 0;
     }
     let child = unsafe { ctx.read_at::<i32>(20) }.unwrap_or(0) as u32;
-    if child != 0 && PID_FILTER.insert(&child, &1, 0).is_err() {
+    if child != 0 && PID_FILTER.insert(child, 1, 0).is_err() {
         count(counter::PID_TABLE_FULL);
     }
     0

@@ -13,10 +13,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use sonde_tests::prom;
 
 use crate::children::{self, Supervised};
-use crate::summary::{self, Scrape};
-use crate::{http_get, promtext, setup, workspace};
+use crate::summary::{self, Snapshot};
+use crate::{http_get, setup, workspace};
 
 const METRICS_ADDR: &str = "127.0.0.1:9464";
 const SERVICE_ADDR: &str = "127.0.0.1:8000";
@@ -161,12 +162,12 @@ fn run(
     }
 }
 
-fn scrape(metrics: SocketAddr) -> Result<Scrape> {
+fn scrape(metrics: SocketAddr) -> Result<Snapshot> {
     let response = http_get::get(metrics, "/metrics", HTTP_TIMEOUT)?;
     if response.status != 200 {
         bail!("/metrics answered {}", response.status);
     }
-    Ok(Scrape::from_samples(&promtext::parse(&response.body)?))
+    Ok(Snapshot::of(&prom::Scrape::parse(&response.body)?))
 }
 
 /// Polls `GET path` until it answers 200. `Ok(false)` if interrupted first;

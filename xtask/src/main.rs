@@ -7,7 +7,6 @@ mod children;
 mod cmd;
 mod demo;
 mod http_get;
-mod promtext;
 mod run;
 mod setup;
 mod summary;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::promtext::Sample;
+use sonde_tests::prom;
 
 const DURATION_BUCKET: &str = "http_server_request_duration_seconds_bucket";
 const ACTIVE_REQUESTS: &str = "http_server_active_requests";
@@ -33,15 +33,15 @@ struct BucketKey {
 
 /// The part of one /metrics scrape that the table needs.
 #[derive(Debug, Default)]
-pub struct Scrape {
+pub struct Snapshot {
     buckets: BTreeMap<BucketKey, f64>,
     in_flight: BTreeMap<Endpoint, f64>,
 }
 
-impl Scrape {
-    pub fn from_samples(samples: &[Sample]) -> Self {
-        let mut scrape = Self::default();
-        for sample in samples {
+impl Snapshot {
+    pub fn of(scrape: &prom::Scrape) -> Self {
+        let mut snapshot = Self::default();
+        for sample in scrape.samples() {
             let label = |name| sample.label(name).unwrap_or_default().to_owned();
             let endpoint = Endpoint {
                 service: label("service_name"),
@@ -56,15 +56,15 @@ impl Scrape {
                         protocol: label("network_protocol_version"),
                         le: label("le"),
                     };
-                    scrape.buckets.insert(key, sample.value);
+                    snapshot.buckets.insert(key, sample.value);
                 }
                 ACTIVE_REQUESTS => {
-                    *scrape.in_flight.entry(endpoint).or_default() += sample.value;
+                    *snapshot.in_flight.entry(endpoint).or_default() += sample.value;
                 }
                 _ => {}
             }
         }
-        scrape
+        snapshot
     }
 }
 
@@ -83,7 +83,7 @@ pub struct Row {
 pub const QUANTILES: [f64; 3] = [0.5, 0.95, 0.99];
 
 /// One row per endpoint present in `current`, sorted by endpoint.
-pub fn rows(previous: &Scrape, current: &Scrape, interval: Duration) -> Vec<Row> {
+pub fn rows(previous: &Snapshot, current: &Snapshot, interval: Duration) -> Vec<Row> {
     #[derive(Default)]
     struct Totals {
         requests: f64,
@@ -255,7 +255,6 @@ fn format_latency(seconds: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::promtext;
 
     const INF: f64 = f64::INFINITY;
 
@@ -301,8 +300,8 @@ mod tests {
         }
     }
 
-    fn scrape(text: &str) -> Scrape {
-        Scrape::from_samples(&promtext::parse(text).unwrap())
+    fn snapshot(text: &str) -> Snapshot {
+        Snapshot::of(&prom::Scrape::parse(text).unwrap())
     }
 
     fn endpoint(method: &str, route: &str) -> Endpoint {
@@ -328,11 +327,11 @@ mod tests {
 
     #[test]
     fn computes_rows_from_two_scrapes() {
-        let previous = scrape(
+        let previous = snapshot(
             &(series("GET", "/users/{id}", 200, [10, 20, 20])
                 + &series("POST", "/orders", 201, [0, 4, 4])),
         );
-        let current = scrape(
+        let current = snapshot(
             &(series("GET", "/users/{id}", 200, [30, 50, 50])
                 + &series("GET", "/users/{id}", 404, [8, 8, 8])
                 + &series("GET", "/users/{id}", 503, [0, 0, 2])
@@ -377,8 +376,8 @@ mod tests {
 
     #[test]
     fn a_counter_reset_counts_from_zero() {
-        let previous = scrape(&series("GET", "/", 200, [50, 60, 60]));
-        let current = scrape(&series("GET", "/", 200, [3, 4, 4]));
+        let previous = snapshot(&series("GET", "/", 200, [50, 60, 60]));
+        let current = snapshot(&series("GET", "/", 200, [3, 4, 4]));
         let got = rows(&previous, &current, Duration::from_secs(2));
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].requests_per_second, 2.0);
