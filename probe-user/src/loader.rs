@@ -75,8 +75,10 @@ const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("sonde must run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load eBPF programs")]
-    NotRoot,
+    #[error(
+        "sonde needs root, or the capabilities CAP_BPF and CAP_PERFMON, to load its eBPF programs"
+    )]
+    NotPrivileged,
     #[error(transparent)]
     Btf(#[from] BtfError),
     #[error("kernel layout differs from what the programs assume: struct sock_common.{field} is at offset {actual}, expected {expected}")]
@@ -129,8 +131,8 @@ pub struct Probe {
 }
 
 pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(LoadError::NotRoot);
+    if !privileged(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()) {
+        return Err(LoadError::NotPrivileged);
     }
     let btf = Btf::from_file(Path::new(btf::VMLINUX))?;
     check_layout(&btf)?;
@@ -221,6 +223,21 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
     ebpf.take_map(name).ok_or(LoadError::Map(name))
+}
+
+/// Whether the effective capabilities (the `CapEff:` line of
+/// /proc/self/status) allow loading and attaching tracing programs:
+/// CAP_SYS_ADMIN, or CAP_BPF together with CAP_PERFMON (Linux >= 5.8).
+fn privileged(status: &str) -> bool {
+    const SYS_ADMIN: u64 = 1 << 21;
+    const PERFMON: u64 = 1 << 38;
+    const BPF: u64 = 1 << 39;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & SYS_ADMIN != 0 || eff & (PERFMON | BPF) == PERFMON | BPF
 }
 
 /// The programs read the head of `struct sock_common` at fixed offsets
@@ -319,5 +336,25 @@ impl Probe {
             .filter(|k| !alive(k.tgid))
             .collect();
         dead.iter().filter(|k| self.conns.remove(k).is_ok()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privilege_comes_from_effective_capabilities() {
+        for (cap_eff, ok) in [
+            ("000001ffffffffff", true),  // root
+            ("0000000000200000", true),  // CAP_SYS_ADMIN alone
+            ("000000c000000000", true),  // CAP_BPF + CAP_PERFMON
+            ("0000008000000000", false), // CAP_BPF alone
+            ("0000000000000000", false), // nobody
+        ] {
+            let status = format!("Name:\tsonde\nCapInh:\t0\nCapEff:\t{cap_eff}\n");
+            assert_eq!(privileged(&status), ok, "{cap_eff}");
+        }
+        assert!(!privileged("garbage"));
     }
 }

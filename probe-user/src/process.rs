@@ -20,7 +20,7 @@ pub const MAX_NAME_LEN: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
-    #[error("cannot list processes in {path}: {source}")]
+    #[error("cannot list processes in {path}")]
     List {
         path: PathBuf,
         #[source]

@@ -37,7 +37,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -355,10 +355,8 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, ServerError::Bind { addr: a, .. } if a == addr));
-        assert!(
-            err.to_string()
-                .starts_with(&format!("cannot listen on {addr}: ")),
-            "{err}"
-        );
+        assert_eq!(err.to_string(), format!("cannot listen on {addr}"));
+        let cause = std::error::Error::source(&err).map(|c| c.to_string());
+        assert!(cause.is_some_and(|c| c.contains("in use")), "{err:?}");
     }
 }

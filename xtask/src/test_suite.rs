@@ -73,7 +73,12 @@ pub fn test(selection: Selection) -> Result<bool> {
                 "--target",
                 "bpfel-unknown-none",
             ])
-            .args(["-Z", "build-std=core", "--", "-D", "warnings"]);
+            .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+            // As aya-build compiles it, so the architecture-specific paths are linted too.
+            .env(
+                "RUSTFLAGS",
+                format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+            );
         results.push(("clippy (eBPF target)", step(&mut clippy_ebpf)));
 
         // probe-ebpf has no host tests (see above).
