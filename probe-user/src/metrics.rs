@@ -255,46 +255,28 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(registry: &Registry, config: AggregatorConfig) -> Result<Self, prometheus::Error> {
-        let abandoned = register(
+        let abandoned = labelled_counter(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "sonde_requests_abandoned_total",
-                    "Requests seen that will never be paired with a response, by reason.",
-                ),
-                &["reason"],
-            )?,
+            "sonde_requests_abandoned_total",
+            "Requests seen that will never be paired with a response, by reason.",
+            "reason",
+            ABANDON_REASONS.iter().map(|r| r.label()),
         )?;
-        for r in ABANDON_REASONS {
-            abandoned.with_label_values(&[r.label()]);
-        }
-        let anomalies = register(
+        let anomalies = labelled_counter(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "sonde_http_anomalies_total",
-                    "HTTP traffic the tracker could not make sense of, by reason.",
-                ),
-                &["reason"],
-            )?,
+            "sonde_http_anomalies_total",
+            "HTTP traffic the tracker could not make sense of, by reason.",
+            "reason",
+            ANOMALIES.iter().map(|a| a.label()),
         )?;
-        for a in ANOMALIES {
-            anomalies.with_label_values(&[a.label()]);
-        }
-        let series_dropped = register(
+        let series_dropped = labelled_counter(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "sonde_series_dropped_total",
-                    "Finished requests recorded under an {overflow} label because a \
-                     cardinality budget was full, by the budget (service, route, peer, series).",
-                ),
-                &["kind"],
-            )?,
+            "sonde_series_dropped_total",
+            "Finished requests recorded under an {overflow} label because a \
+             cardinality budget was full, by the budget (service, route, peer, series).",
+            "kind",
+            [DROP_SERVICE, DROP_ROUTE, DROP_PEER, DROP_SERIES],
         )?;
-        for kind in [DROP_SERVICE, DROP_ROUTE, DROP_PEER, DROP_SERIES] {
-            series_dropped.with_label_values(&[kind]);
-        }
         Ok(Aggregator {
             namer: Namer::new(config.limits),
             max_series: config.max_series,
@@ -488,34 +470,24 @@ impl SelfMetrics {
         )?;
         build_info.with_label_values(&[version]).set(1);
 
-        let decode_errors = register(
-            registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "sonde_decode_errors_total",
-                    "Ring-buffer records that could not be decoded, by reason.",
-                ),
-                &["reason"],
-            )?,
-        )?;
         let every_decode_error = [
             DecodeError::Short(0),
             DecodeError::Kind(0),
             DecodeError::Payload { said: 0, has: 0 },
         ];
-        for e in &every_decode_error {
-            decode_errors.with_label_values(&[e.reason()]);
-        }
-
-        let events_lost = register(
+        let decode_errors = labelled_counter(
             registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "sonde_events_lost_total",
-                    "Kernel events not delivered or not produced, by reason.",
-                ),
-                &["reason"],
-            )?,
+            "sonde_decode_errors_total",
+            "Ring-buffer records that could not be decoded, by reason.",
+            "reason",
+            every_decode_error.iter().map(DecodeError::reason),
+        )?;
+        let events_lost = labelled_counter(
+            registry,
+            "sonde_events_lost_total",
+            "Kernel events not delivered or not produced, by reason.",
+            "reason",
+            KERNEL_LOSSES.iter().map(|&(_, reason)| reason),
         )?;
         Ok(SelfMetrics {
             events_read: register(
@@ -579,6 +551,25 @@ fn advance_to(c: &IntCounter, total: u64) {
     if total > current {
         c.inc_by(total - current);
     }
+}
+
+/// A registered counter family with one label, every known value of which is
+/// exported from the start (at 0) so dashboards and alerts see the series.
+fn labelled_counter<'a>(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = &'a str>,
+) -> Result<IntCounterVec, prometheus::Error> {
+    let family = register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), &[label])?,
+    )?;
+    for v in values {
+        family.with_label_values(&[v]);
+    }
+    Ok(family)
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(
