@@ -1,8 +1,9 @@
 """Uninstrumented HTTP/1.1 test service for sonde's end-to-end tests.
 
 Binds 127.0.0.1 on an ephemeral port and prints the port on the first line of
-stdout. One thread per connection, keep-alive, `Expect: 100-continue` (answered
-by http.server itself).
+stdout. One thread per connection (with `--fork`: the parent accepts and a
+forked child serves the connection it inherits), keep-alive,
+`Expect: 100-continue` (answered by http.server itself).
 
   GET  /fast                      200 "ok"
   GET  /users/<id>                200
@@ -17,8 +18,9 @@ by http.server itself).
 
 import sys
 import threading
+from socketserver import ForkingMixIn
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 HOLD_TIMEOUT_S = 60
@@ -94,8 +96,13 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 128
 
 
+class ForkingServer(ForkingMixIn, HTTPServer):
+    request_queue_size = 128
+
+
 def main():
-    server = Server(("127.0.0.1", 0), Handler)
+    server_class = ForkingServer if "--fork" in sys.argv[1:] else Server
+    server = server_class(("127.0.0.1", 0), Handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 

@@ -92,6 +92,18 @@ pub fn python() -> Server {
     .expect("start the Python test server")
 }
 
+/// `servers/app.py --fork`: the parent accepts each connection and a forked
+/// child serves it on the socket it inherited.
+pub fn python_forking() -> Server {
+    Server::spawn_announcing_port(
+        "python app.py --fork",
+        Command::new(python_interpreter())
+            .arg(script("app.py"))
+            .arg("--fork"),
+    )
+    .expect("start the forking Python test server")
+}
+
 /// `servers/app.js`: Node's `http` module (endpoints listed there).
 pub fn node() -> Server {
     Server::spawn_announcing_port("node app.js", Command::new("node").arg(script("app.js")))
