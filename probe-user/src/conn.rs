@@ -38,7 +38,32 @@
 //!
 //! The one residual risk is a pipelining client whose pipelining was never
 //! visible (only its lost requests overlapped).
+//!
+//! ## One socket, several fds
+//!
+//! The kernel announces a connection per (process, fd). A process may use
+//! one socket through several fds (`dup`, Rust's `TcpStream::try_clone`: a
+//! writer writes the requests, a reader reads the responses on its own fd),
+//! so one socket can be announced under several conn ids. Within a process
+//! a live TCP socket is its two addresses, so an announcement whose process
+//! and addresses match a tracked connection joins it as an alias: the bytes
+//! of every alias feed the same parsers, in arrival order. Closing an fd only
+//! drops its alias; the connection ends with its last fd. Exceptions, tracked
+//! as connections of their own:
+//!
+//! - Addresses the kernel could not read (unspecified address or port zero):
+//!   they tell sockets apart no more.
+//! - Two fds that both came from accept or connect: each call makes a socket,
+//!   so the older one is gone and its close was missed (the addresses were
+//!   reused). A `dup` of a socket never comes from either.
+//! - More than `MAX_FDS_PER_SOCKET` fds: the bound on aliases. Such an fd's
+//!   exchanges may not pair, as before aliasing existed.
+//!
+//! The residual risk: a connection whose close was missed and which no
+//! accept or connect announced (it predates sonde) absorbs a later socket
+//! with the same addresses until it expires.
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
 
 use crate::event::{ConnOpen, Data, Direction, Event, RoleHint};
 use crate::exchange::{
@@ -68,12 +93,23 @@ impl Default for TrackerConfig {
     }
 }
 
+/// Conn ids (fds) one connection may be announced under; see the module
+/// comment. A process rarely holds more than a reader's and a writer's.
+const MAX_FDS_PER_SOCKET: usize = 4;
+
 /// Pairs requests with responses on every tracked connection.
 #[derive(Debug)]
 pub struct Tracker {
     config: TrackerConfig,
+    /// Connections, keyed by the conn id each was first announced under
+    /// (its `Endpoint::conn_id`), which outlives that fd's close when the
+    /// socket has others.
     conns: HashMap<u64, Conn>,
-    /// Connection ids per process, for `ProcessExit`. Ordered, so what an
+    /// The key in `conns` of every open conn id.
+    ids: HashMap<u64, u64>,
+    /// The newest connection of each socket, the one a further fd joins.
+    by_socket: HashMap<Socket, u64>,
+    /// Connection keys per process, for `ProcessExit`. Ordered, so what an
     /// exit emits does not depend on hashing.
     by_tgid: HashMap<u32, BTreeSet<u64>>,
     last_id: RequestId,
@@ -86,13 +122,16 @@ impl Tracker {
         Tracker {
             config,
             conns: HashMap::new(),
+            ids: HashMap::new(),
+            by_socket: HashMap::new(),
             by_tgid: HashMap::new(),
             last_id: 0,
             expired: Vec::new(),
         }
     }
 
-    /// Connections tracked.
+    /// Connections tracked (a connection announced under several fds counts
+    /// once).
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -105,19 +144,23 @@ impl Tracker {
     pub fn handle(&mut self, event: &Event, out: &mut Vec<Observation>) {
         match event {
             Event::Open(open) => self.open(open, out),
-            Event::Data(data) => match self.conns.get_mut(&data.conn_id) {
+            Event::Data(data) => match self
+                .ids
+                .get(&data.conn_id)
+                .and_then(|key| self.conns.get_mut(key))
+            {
                 Some(conn) => conn.on_data(data, &mut self.last_id, self.config.max_pending, out),
                 None => out.push(Observation::Anomaly(Anomaly::UnknownConnection)),
             },
             // Closes also come for connections never tracked (table full).
             Event::Close { conn_id, .. } => {
-                if let Some(conn) = self.remove(*conn_id) {
+                if let Some(conn) = self.close_fd(*conn_id) {
                     conn.shut(AbandonReason::ClosedUnanswered, out);
                 }
             }
             Event::ProcessExit { tgid } => {
-                for id in self.by_tgid.remove(tgid).unwrap_or_default() {
-                    if let Some(conn) = self.conns.remove(&id) {
+                for key in self.by_tgid.remove(tgid).unwrap_or_default() {
+                    if let Some(conn) = self.remove(key) {
                         conn.shut(AbandonReason::ProcessExited, out);
                     }
                 }
@@ -136,11 +179,11 @@ impl Tracker {
             self.conns
                 .iter()
                 .filter(|(_, conn)| now_ns.saturating_sub(conn.last_ns) > idle_ns)
-                .map(|(&id, _)| id),
+                .map(|(&key, _)| key),
         );
         expired.sort_unstable();
-        for &id in &expired {
-            if let Some(conn) = self.remove(id) {
+        for &key in &expired {
+            if let Some(conn) = self.remove(key) {
                 conn.shut(AbandonReason::Expired, out);
             }
         }
@@ -149,31 +192,84 @@ impl Tracker {
     }
 
     fn open(&mut self, open: &ConnOpen, out: &mut Vec<Observation>) {
-        if self.conns.contains_key(&open.conn_id) {
-            // Announced twice: what is known of it stays.
+        // An id still naming a connection, open or not (its fd closed while
+        // another fd keeps the socket): announced twice, what is known stays.
+        if self.ids.contains_key(&open.conn_id) || self.conns.contains_key(&open.conn_id) {
             return;
+        }
+        let socket = Socket::of(open.tgid, open.local, open.peer);
+        if let Some(key) = socket.and_then(|s| self.by_socket.get(&s)).copied() {
+            if let Some(conn) = self.conns.get_mut(&key).filter(|c| c.may_share_with(open)) {
+                conn.add_fd(open);
+                self.ids.insert(open.conn_id, key);
+                return;
+            }
         }
         if self.conns.len() >= self.config.max_connections {
             out.push(Observation::Anomaly(Anomaly::TooManyConnections));
             return;
         }
         self.conns.insert(open.conn_id, Conn::new(open));
+        self.ids.insert(open.conn_id, open.conn_id);
         self.by_tgid
             .entry(open.tgid)
             .or_default()
             .insert(open.conn_id);
+        if let Some(socket) = socket {
+            self.by_socket.insert(socket, open.conn_id);
+        }
     }
 
-    fn remove(&mut self, conn_id: u64) -> Option<Conn> {
-        let conn = self.conns.remove(&conn_id)?;
+    /// Drops the alias `conn_id`; returns its connection if that was its last fd.
+    fn close_fd(&mut self, conn_id: u64) -> Option<Conn> {
+        let key = self.ids.remove(&conn_id)?;
+        let conn = self.conns.get_mut(&key)?;
+        conn.fds.retain(|&id| id != conn_id);
+        if conn.fds.is_empty() {
+            self.remove(key)
+        } else {
+            None
+        }
+    }
+
+    /// Forgets a connection and every fd it has.
+    fn remove(&mut self, key: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&key)?;
+        for id in &conn.fds {
+            self.ids.remove(id);
+        }
         let tgid = conn.at.tgid;
-        if let Some(ids) = self.by_tgid.get_mut(&tgid) {
-            ids.remove(&conn_id);
-            if ids.is_empty() {
+        if let Some(keys) = self.by_tgid.get_mut(&tgid) {
+            keys.remove(&key);
+            if keys.is_empty() {
                 self.by_tgid.remove(&tgid);
             }
         }
+        if let Some(socket) = Socket::of(tgid, conn.at.local, conn.at.peer) {
+            // A newer connection may have taken the socket's place.
+            if self.by_socket.get(&socket) == Some(&key) {
+                self.by_socket.remove(&socket);
+            }
+        }
         Some(conn)
+    }
+}
+
+/// A TCP socket as a process sees it: at most one live socket has these
+/// addresses in a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Socket {
+    tgid: u32,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl Socket {
+    /// None when the kernel could not read the addresses (zeros): they do
+    /// not tell sockets apart.
+    fn of(tgid: u32, local: SocketAddr, peer: SocketAddr) -> Option<Socket> {
+        let known = |a: SocketAddr| !a.ip().is_unspecified() && a.port() != 0;
+        (known(local) && known(peer)).then_some(Socket { tgid, local, peer })
     }
 }
 
@@ -198,6 +294,10 @@ struct Conn {
     /// `at.side` means nothing until `side_known`.
     at: Endpoint,
     side_known: bool,
+    /// Open conn ids (fds) of the socket; the connection ends with the last.
+    fds: Vec<u64>,
+    /// One of them came from accept or connect.
+    accepted_or_connected: bool,
     inbound: Parser,
     outbound: Parser,
     pending: VecDeque<Pending>,
@@ -217,6 +317,8 @@ impl Conn {
                 peer: open.peer,
             },
             side_known: false,
+            fds: vec![open.conn_id],
+            accepted_or_connected: false,
             inbound: Parser::new(None),
             outbound: Parser::new(None),
             pending: VecDeque::new(),
@@ -224,16 +326,37 @@ impl Conn {
             aligned: true,
             pipelined: false,
         };
-        match open.role {
-            RoleHint::Server => conn.learn_side(Side::Server),
-            RoleHint::Client => conn.learn_side(Side::Client),
-            RoleHint::Unknown => {}
-        }
+        conn.learn_hint(open.role);
         conn
     }
 
-    /// Fixes the side the first time it is learnt (from the open event, or
-    /// from the first head when the kernel did not know).
+    /// Whether `open`, announced with this connection's process and
+    /// addresses, is another fd of its socket (see the module comment).
+    fn may_share_with(&self, open: &ConnOpen) -> bool {
+        let another_socket = self.accepted_or_connected && open.role != RoleHint::Unknown;
+        !another_socket && self.fds.len() < MAX_FDS_PER_SOCKET
+    }
+
+    fn add_fd(&mut self, open: &ConnOpen) {
+        self.fds.push(open.conn_id);
+        self.last_ns = self.last_ns.max(open.ts_ns);
+        self.learn_hint(open.role);
+    }
+
+    /// What accept or connect said of the side, unless a head or an earlier
+    /// fd already told.
+    fn learn_hint(&mut self, role: RoleHint) {
+        let side = match role {
+            RoleHint::Server => Side::Server,
+            RoleHint::Client => Side::Client,
+            RoleHint::Unknown => return,
+        };
+        self.accepted_or_connected = true;
+        self.learn_side(side);
+    }
+
+    /// Fixes the side the first time it is learnt (from an open event, or
+    /// from the first head on any of its fds when the kernel did not know).
     fn learn_side(&mut self, side: Side) {
         if self.side_known {
             return;
@@ -463,20 +586,28 @@ mod tests {
     use bytes::Bytes;
 
     const T: u32 = 100;
+    const LOCAL: &str = "10.0.0.1:8080";
+    const PEER: &str = "10.0.0.2:40000";
+    const GET: &[u8] = b"GET /a HTTP/1.1\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
     fn open(conn_id: u64, role: RoleHint) -> Event {
         open_in(conn_id, T, role)
     }
 
     fn open_in(conn_id: u64, tgid: u32, role: RoleHint) -> Event {
+        open_sock(conn_id, tgid, role, LOCAL, PEER)
+    }
+
+    fn open_sock(conn_id: u64, tgid: u32, role: RoleHint, local: &str, peer: &str) -> Event {
         Event::Open(ConnOpen {
             conn_id,
             tgid,
             fd: 5,
             ts_ns: 0,
             role,
-            local: "10.0.0.1:8080".parse().unwrap(),
-            peer: "10.0.0.2:40000".parse().unwrap(),
+            local: local.parse().unwrap(),
+            peer: peer.parse().unwrap(),
             comm: "srv".into(),
         })
     }
@@ -918,6 +1049,208 @@ mod tests {
         ]);
         assert_eq!(finished(&out), [(1, 200, 1, 2, false)]);
         assert_eq!(abandoned(&out), [(2, AbandonReason::ClosedUnanswered)]);
+    }
+
+    #[test]
+    fn fds_of_one_socket_are_one_connection() {
+        use RoleHint::{Client, Unknown};
+        // (first fd's role, second fd's role, its tgid, local, peer, one connection)
+        let cases = [
+            (Client, Unknown, T, LOCAL, PEER, true),
+            (Unknown, Client, T, LOCAL, PEER, true),
+            (Unknown, Unknown, T, LOCAL, PEER, true),
+            (Client, Client, T, LOCAL, PEER, false),
+            (Client, Unknown, T + 1, LOCAL, PEER, false),
+            (Client, Unknown, T, LOCAL, "10.0.0.2:40001", false),
+            (Client, Unknown, T, "10.0.0.1:8081", PEER, false),
+        ];
+        for (first, second, tgid, local, peer, merged) in cases {
+            let mut tracker = Tracker::new(TrackerConfig::default());
+            let out = run(
+                &mut tracker,
+                &[
+                    open_sock(1, T, first, LOCAL, PEER),
+                    data(1, Out, 1, GET),
+                    open_sock(2, tgid, second, local, peer),
+                    data(2, In, 2, OK),
+                ],
+            );
+            let case = (first, second, tgid, local, peer);
+            if merged {
+                assert_eq!(finished(&out), [(1, 200, 1, 2, true)], "{case:?}");
+                assert_eq!(anomalies(&out), [], "{case:?}");
+                assert_eq!(tracker.len(), 1, "{case:?}");
+            } else {
+                assert_eq!(finished(&out), [], "{case:?}");
+                assert_eq!(anomalies(&out), [Anomaly::UnpairedResponse], "{case:?}");
+                assert_eq!(tracker.len(), 2, "{case:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn unread_addresses_never_join() {
+        for (local, peer) in [
+            ("0.0.0.0:0", "0.0.0.0:0"),
+            ("0.0.0.0:0", PEER),
+            (LOCAL, "0.0.0.0:0"),
+            ("[::]:8080", "[::1]:40000"),
+            (LOCAL, "10.0.0.2:0"),
+        ] {
+            let mut tracker = Tracker::new(TrackerConfig::default());
+            let out = run(
+                &mut tracker,
+                &[
+                    open_sock(1, T, RoleHint::Unknown, local, peer),
+                    data(1, Out, 1, GET),
+                    open_sock(2, T, RoleHint::Unknown, local, peer),
+                    data(2, In, 2, OK),
+                ],
+            );
+            assert_eq!(finished(&out), [], "{local} {peer}");
+            assert_eq!(tracker.len(), 2, "{local} {peer}");
+        }
+    }
+
+    #[test]
+    fn connection_ends_with_its_last_fd() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let mut out = run(
+            &mut tracker,
+            &[
+                open(1, RoleHint::Server),
+                data(1, In, 1, GET),
+                open(2, RoleHint::Unknown),
+                data(2, Out, 2, b"HTTP/1.0 200 OK\r\n\r\npart"),
+                close(1, 3),
+            ],
+        );
+        assert_eq!(finished(&out), [], "another fd still holds the socket");
+        assert_eq!(tracker.len(), 1);
+        out.extend(run(
+            &mut tracker,
+            &[
+                data(1, In, 4, GET),
+                // Announced again after its close: ignored, as any repeat.
+                open(1, RoleHint::Server),
+                data(1, In, 5, GET),
+                data(2, Out, 6, b"ial"),
+                close(2, 7),
+            ],
+        ));
+        assert_eq!(finished(&out), [(1, 200, 1, 6, true)]);
+        assert_eq!(
+            anomalies(&out),
+            [Anomaly::UnknownConnection, Anomaly::UnknownConnection]
+        );
+        assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn exit_and_expiry_take_every_fd() {
+        let mut tracker = Tracker::new(TrackerConfig {
+            idle_timeout_ns: 100,
+            ..TrackerConfig::default()
+        });
+        let mut out = run(
+            &mut tracker,
+            &[
+                open_in(1, 7, RoleHint::Client),
+                open_in(2, 7, RoleHint::Unknown),
+                data(1, Out, 1, GET),
+                Event::ProcessExit { tgid: 7 },
+                data(2, In, 2, OK),
+            ],
+        );
+        assert_eq!(abandoned(&out), [(1, AbandonReason::ProcessExited)]);
+        assert_eq!(anomalies(&out), [Anomaly::UnknownConnection]);
+        assert!(tracker.is_empty());
+
+        out = run(
+            &mut tracker,
+            &[
+                open(3, RoleHint::Client),
+                open(4, RoleHint::Unknown),
+                data(3, Out, 10, GET),
+                data(
+                    4,
+                    In,
+                    150,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart",
+                ),
+            ],
+        );
+        tracker.expire(200, &mut out);
+        assert_eq!(tracker.len(), 1, "the read on the second fd is activity");
+        tracker.expire(251, &mut out);
+        assert_eq!(finished(&out), [(2, 200, 10, 150, false)]);
+        assert!(tracker.is_empty());
+        out = run(&mut tracker, &[data(3, Out, 300, GET), close(4, 301)]);
+        assert_eq!(anomalies(&out), [Anomaly::UnknownConnection]);
+    }
+
+    #[test]
+    fn first_head_on_any_fd_decides_the_side() {
+        let out = track(&[
+            open(1, RoleHint::Unknown),
+            open(2, RoleHint::Unknown),
+            data(2, In, 1, GET),
+            data(1, Out, 2, OK),
+        ]);
+        let [Observation::Started(_), Observation::Finished(f)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (f.at.conn_id, f.at.side, f.start_ns, f.end_ns),
+            (1, Side::Server, 1, 2)
+        );
+    }
+
+    #[test]
+    fn a_socket_reusing_addresses_is_joined_by_its_own_fds() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let out = run(
+            &mut tracker,
+            &[
+                open(1, RoleHint::Client),
+                data(1, Out, 1, GET),
+                // Its close was missed: the addresses now belong to a new socket.
+                open(2, RoleHint::Client),
+                data(2, Out, 2, b"GET /b HTTP/1.1\r\n\r\n"),
+                open(3, RoleHint::Unknown),
+                data(3, In, 3, OK),
+            ],
+        );
+        assert_eq!(finished(&out), [(2, 200, 2, 3, true)]);
+        assert_eq!(tracker.len(), 2);
+    }
+
+    #[test]
+    fn fds_per_socket_and_connections_are_bounded() {
+        let mut tracker = Tracker::new(TrackerConfig {
+            max_connections: 2,
+            ..TrackerConfig::default()
+        });
+        let mut events: Vec<_> = (1..=6).map(|id| open(id, RoleHint::Unknown)).collect();
+        events.extend([
+            open_sock(7, T, RoleHint::Unknown, LOCAL, "10.0.0.2:40001"),
+            data(1, Out, 1, GET),
+            data(4, In, 2, OK),
+            data(5, Out, 3, GET),
+            data(6, In, 4, OK),
+        ]);
+        let out = run(&mut tracker, &events);
+        // Fds 1 to 4 are one connection; 5 starts another, which 6 joins.
+        assert_eq!(finished(&out), [(1, 200, 1, 2, true), (2, 200, 3, 4, true)]);
+        assert_eq!(anomalies(&out), [Anomaly::TooManyConnections]);
+        assert_eq!(tracker.len(), 2);
+        run(
+            &mut tracker,
+            &(1..=4).map(|id| close(id, 5)).collect::<Vec<_>>(),
+        );
+        assert_eq!(tracker.len(), 1);
+        run(&mut tracker, &[close(5, 6), close(6, 6)]);
+        assert!(tracker.is_empty());
     }
 
     /// xorshift64*: enough randomness for shuffling splits, no dependency.
