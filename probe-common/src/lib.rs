@@ -164,6 +164,23 @@ pub struct ConnState {
 }
 const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
 
+/// Value of the kernel's table of syscalls in progress (`CALLS`, keyed by
+/// pid_tgid): the arguments kept from entry to exit. Userspace only sweeps
+/// it (entries of threads that died inside a call).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Call {
+    /// Buffer, iovec array or msghdr, depending on `op`.
+    pub buf: u64,
+    /// `struct sock *`, set by `sock_*_length` when the fd is a TCP socket.
+    pub sk: u64,
+    pub fd: u32,
+    pub op: u32,
+    pub vlen: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Call>() == 32);
+
 /// Per-CPU counters of the kernel side; their index in `COUNTERS`.
 pub mod counter {
     /// Records that did not fit in the ring buffer.
@@ -190,4 +207,5 @@ mod user {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for Call {}
 }

@@ -28,12 +28,12 @@ use aya_ebpf::{
         generated::{bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output},
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use probe_common::{
-    counter, kind, proto, role, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader,
-    MAX_CAPTURE,
+    counter, kind, proto, role, Call, Config, ConnEvent, ConnKey, ConnState, DataEvent,
+    EventHeader, MAX_CAPTURE,
 };
 
 /// Set by userspace at load time (read-only data section).
@@ -65,9 +65,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(65536, 0);
 
 /// Arguments of a syscall in progress, keyed by pid_tgid (one per thread).
-/// LRU because a thread killed inside a syscall never reaches the exit hook.
+/// Not LRU: an eviction would lose a call silently, while a failed insert is
+/// counted. Entries of threads that died inside a call are swept by userspace.
 #[map(name = "CALLS")]
-static CALLS: LruHashMap<u64, Call> = LruHashMap::with_max_entries(16384, 0);
+static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(16384, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -96,19 +97,6 @@ struct Record {
     payload: [u8; 2 * MAX_CAPTURE],
 }
 const HDR_LEN: usize = core::mem::size_of::<DataEvent>();
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Call {
-    /// Buffer, iovec array or msghdr, depending on `op`.
-    buf: u64,
-    /// `struct sock *`, set by `sock_*_length` when the fd is a TCP socket.
-    sk: u64,
-    fd: u32,
-    op: u32,
-    vlen: u32,
-    _pad: u32,
-}
 
 mod op {
     /// The entry was missed (the thread was already blocked in the call when

@@ -10,7 +10,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use probe_common::{globals, maps, Config, ConnKey, ConnState};
+use probe_common::{globals, maps, Call, Config, ConnKey, ConnState};
 
 use crate::{
     btf::{self, Btf, BtfError},
@@ -126,6 +126,7 @@ pub struct Probe {
     _ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     conns: BpfHashMap<MapData, ConnKey, ConnState>,
+    calls: BpfHashMap<MapData, u64, Call>,
     pid_filter: BpfHashMap<MapData, u32, u32>,
     attached: usize,
 }
@@ -198,6 +199,8 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         .map_err(|_| LoadError::Map(maps::COUNTERS))?;
     let conns = BpfHashMap::try_from(take(&mut ebpf, maps::CONNS)?)
         .map_err(|_| LoadError::Map(maps::CONNS))?;
+    let calls = BpfHashMap::try_from(take(&mut ebpf, maps::CALLS)?)
+        .map_err(|_| LoadError::Map(maps::CALLS))?;
     let pid_filter = BpfHashMap::try_from(take(&mut ebpf, maps::PID_FILTER)?)
         .map_err(|_| LoadError::Map(maps::PID_FILTER))?;
     let mut port_filter: BpfHashMap<MapData, u32, u32> =
@@ -212,6 +215,7 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         _ebpf: ebpf,
         counters,
         conns,
+        calls,
         pid_filter,
         attached,
     };
@@ -325,17 +329,34 @@ impl Probe {
         }
     }
 
-    /// Deletes kernel connection entries of processes that no longer exist
-    /// (processes that exit do not close their fds through close(2)).
-    /// Returns how many were removed.
-    pub fn sweep_connections(&mut self, alive: impl Fn(u32) -> bool) -> usize {
-        let dead: HashSet<ConnKey> = self
+    /// Deletes kernel entries whose owner is gone: connections of processes
+    /// that exited (their fds were closed without close(2)) and calls of
+    /// threads that died inside a syscall. Returns how many were removed.
+    pub fn sweep(
+        &mut self,
+        process_alive: impl Fn(u32) -> bool,
+        thread_alive: impl Fn(u32, u32) -> bool,
+    ) -> usize {
+        let dead_conns: HashSet<ConnKey> = self
             .conns
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !alive(k.tgid))
+            .filter(|k| !process_alive(k.tgid))
             .collect();
-        dead.iter().filter(|k| self.conns.remove(k).is_ok()).count()
+        let dead_calls: HashSet<u64> = self
+            .calls
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|&pid_tgid| !thread_alive((pid_tgid >> 32) as u32, pid_tgid as u32))
+            .collect();
+        dead_conns
+            .iter()
+            .filter(|k| self.conns.remove(k).is_ok())
+            .count()
+            + dead_calls
+                .iter()
+                .filter(|k| self.calls.remove(k).is_ok())
+                .count()
     }
 }
 

@@ -154,11 +154,14 @@ pub fn run(
         }
         if last_sweep.elapsed() >= SWEEP {
             last_sweep = Instant::now();
-            let removed = probe.sweep_connections(|tgid| proc.exists(tgid));
+            let removed = probe.sweep(
+                |tgid| proc.exists(tgid),
+                |tgid, tid| proc.thread_exists(tgid, tid),
+            );
             if removed > 0 {
                 tracing::debug!(
                     removed,
-                    "kernel connection entries of exited processes removed"
+                    "kernel entries of exited processes and threads removed"
                 );
             }
         }

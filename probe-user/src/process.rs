@@ -63,6 +63,15 @@ impl ProcFs {
         self.root.join(tgid.to_string()).exists()
     }
 
+    /// Whether thread `tid` of process `tgid` still exists.
+    pub fn thread_exists(&self, tgid: u32, tid: u32) -> bool {
+        self.root
+            .join(tgid.to_string())
+            .join("task")
+            .join(tid.to_string())
+            .exists()
+    }
+
     /// Whether `tgid` runs a program whose basename matches `exe` (unanchored:
     /// write `^nginx$` for an exact name).
     pub fn matches(&self, tgid: u32, exe: &Regex) -> bool {
@@ -271,6 +280,16 @@ mod tests {
         for (tgid, want) in cases {
             assert_eq!(proc.exe_name(tgid).as_deref(), want, "tgid {tgid}");
         }
+    }
+
+    #[test]
+    fn liveness_of_processes_and_threads() {
+        let dir = tree();
+        std::fs::create_dir_all(dir.path().join("100/task/107")).unwrap();
+        let proc = ProcFs::new(dir.path());
+        assert!(proc.exists(100) && !proc.exists(999));
+        assert!(proc.thread_exists(100, 107));
+        assert!(!proc.thread_exists(100, 108) && !proc.thread_exists(999, 107));
     }
 
     #[test]
