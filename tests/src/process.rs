@@ -1,9 +1,10 @@
 //! Child processes that cannot outlive a failing test, scratch directories,
 //! free ports, and the small waiting loops the tests are built from.
+use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, ExitStatus};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread;
@@ -54,10 +55,15 @@ impl ChildGuard {
     /// SIGTERM, wait up to [`TERMINATE_GRACE`], then SIGKILL. Returns how the
     /// process ended and whether it had to be killed.
     pub fn terminate(&mut self) -> (ExitStatus, bool) {
+        self.end_with(libc::SIGTERM)
+    }
+
+    /// Like [`terminate`](Self::terminate), asking with `signal` instead.
+    pub fn end_with(&mut self, signal: libc::c_int) -> (ExitStatus, bool) {
         if let Some(status) = self.exit_status() {
             return (status, false);
         }
-        self.signal(libc::SIGTERM);
+        self.signal(signal);
         let deadline = Instant::now() + TERMINATE_GRACE;
         while Instant::now() < deadline {
             if let Some(status) = self.exit_status() {
@@ -171,6 +177,51 @@ pub fn first_stdout_line(guard: &mut ChildGuard, timeout: Duration) -> Result<St
         Ok(Err(error)) => Err(error).context(format!("read stdout of {}", guard.name())),
         Err(_) => bail!("{} printed nothing within {timeout:?}", guard.name()),
     }
+}
+
+/// How a process that was expected to end by itself ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+/// Runs `command` (stdin and stdout closed, stderr kept) until it exits by
+/// itself, failing if it is still running after `timeout`.
+pub fn run_to_exit(command: &mut Command, timeout: Duration) -> Result<Finished> {
+    let dir = TempDir::new("run")?;
+    let stderr_path = dir.path().join("stderr");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&stderr_path)?)
+        .spawn()
+        .with_context(|| format!("spawn {command:?}"))?;
+    let mut process = ChildGuard::new(format!("{:?}", command.get_program()), child);
+    let status = poll(timeout, Duration::from_millis(20), || process.exit_status());
+    let stderr = std::fs::read_to_string(&stderr_path)?;
+    match status {
+        Some(status) => Ok(Finished { status, stderr }),
+        None => bail!("{command:?} still ran after {timeout:?}; its stderr:\n{stderr}"),
+    }
+}
+
+/// The processes `pid` has forked that are still running (from every thread
+/// of it), ascending.
+pub fn children(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    let mut children: Vec<u32> = tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children
 }
 
 /// What sonde names a process: the file name of its executable.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::process::{
-    exe_basename, first_stdout_line, free_port, wait_for_port, ChildGuard, TempDir,
+    children, exe_basename, first_stdout_line, free_port, wait_for_port, ChildGuard, TempDir,
 };
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -110,26 +110,32 @@ pub fn node() -> Server {
         .expect("start the Node test server")
 }
 
-/// nginx (master + one worker) answering `200 ok` on every path, logging one
-/// line per request to its own access log.
+/// nginx (a master and its workers) answering `200 ok` on every path,
+/// logging one line per request to its own access log.
 pub struct Nginx {
     server: Server,
     dir: TempDir,
 }
 
 impl Nginx {
+    /// A master with one worker.
     pub fn start() -> Nginx {
-        Self::try_start().expect("start nginx (installed by `cargo xtask setup`)")
+        Self::with_workers(1)
     }
 
-    fn try_start() -> Result<Nginx> {
+    /// A master with `workers` worker processes.
+    pub fn with_workers(workers: u32) -> Nginx {
+        Self::try_start(workers).expect("start nginx (installed by `cargo xtask setup`)")
+    }
+
+    fn try_start(workers: u32) -> Result<Nginx> {
         let dir = TempDir::new("nginx")?;
         let port = free_port();
         let prefix = dir.path().display();
         let config = format!(
             r#"daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
@@ -173,6 +179,17 @@ http {{
 
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// The master's children: its workers, and old workers still finishing
+    /// after a reload.
+    pub fn workers(&self) -> Vec<u32> {
+        children(self.server.pid())
+    }
+
+    /// SIGHUP: the master forks new workers and retires the old ones.
+    pub fn reload(&self) {
+        self.server.process.signal(libc::SIGHUP);
     }
 
     /// Requests nginx has logged so far.

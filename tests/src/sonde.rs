@@ -3,7 +3,7 @@
 //! and checks that SIGTERM ends it with exit code 0.
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
@@ -61,6 +61,12 @@ impl Sonde {
     /// Starts sonde with `args` plus `--metrics-addr` on a free port and
     /// waits until `/readyz` says every program is attached.
     pub fn start(args: &[String]) -> Result<Sonde> {
+        Sonde::start_bin(&sonde_bin(), args)
+    }
+
+    /// [`start`](Self::start) with the daemon binary at `bin`, for a test
+    /// that needs sonde's executable under a name of its own.
+    pub fn start_bin(bin: &Path, args: &[String]) -> Result<Sonde> {
         if !is_root() {
             bail!("sonde loads eBPF programs: run the end-to-end tests as root");
         }
@@ -69,13 +75,12 @@ impl Sonde {
         let turn = ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let bin = sonde_bin();
         let dir = TempDir::new("sonde")?;
         let output_path = dir.path().join("output");
         let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         // One file for both streams, so lines keep their order.
         let output = File::create(&output_path)?;
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .arg("--metrics-addr")
             .arg(metrics.to_string())
             .args(args)
@@ -114,6 +119,11 @@ impl Sonde {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// Where sonde serves /metrics, /healthz and /readyz.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
     }
 
     /// What sonde wrote to stdout and stderr so far.
@@ -184,11 +194,21 @@ impl Sonde {
     }
 
     /// SIGTERM, and asserts sonde exits by itself with code 0.
-    pub fn stop(mut self) {
-        let (status, killed) = self.process.terminate();
+    pub fn stop(self) {
+        self.stop_on(libc::SIGTERM);
+    }
+
+    /// `signal`, and asserts sonde exits by itself with code 0.
+    pub fn stop_on(mut self, signal: libc::c_int) {
+        let (status, killed) = self.process.end_with(signal);
+        let name = match signal {
+            libc::SIGTERM => "SIGTERM".to_string(),
+            libc::SIGINT => "SIGINT".to_string(),
+            other => format!("signal {other}"),
+        };
         assert!(
             !killed && status.success(),
-            "sonde did not exit cleanly on SIGTERM (killed: {killed}, status: {status:?}); its output:\n{}",
+            "sonde did not exit cleanly on {name} (killed: {killed}, status: {status:?}); its output:\n{}",
             tail(&self.output(), 40)
         );
     }

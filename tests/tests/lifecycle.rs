@@ -1,0 +1,193 @@
+//! sonde's life as a daemon: SIGTERM and SIGINT unload every eBPF program
+//! and exit 0, the health endpoints answer, and start-up failures (not
+//! privileged, metrics port taken) end in one clear stderr line.
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use sonde_tests::process::{free_port, poll, run_to_exit, Finished};
+use sonde_tests::sonde::{sonde_bin, Sonde};
+
+/// Every program sonde loads (bpftool shows names cut to 15 bytes; these fit).
+const SONDE_PROGRAMS: [&str; 15] = [
+    "enter_accept",
+    "enter_close",
+    "enter_connect",
+    "enter_read",
+    "enter_readv",
+    "enter_recvmsg",
+    "enter_sendfile",
+    "enter_sendmsg",
+    "enter_write",
+    "enter_writev",
+    "process_exec",
+    "process_exit",
+    "process_fork",
+    "sock_length",
+    "sys_exit_call",
+];
+/// After sonde exits, the kernel frees its programs and maps asynchronously.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+const NOBODY: u32 = 65534;
+
+/// The BPF programs or maps (`kind`: "prog" or "map") loaded in the kernel,
+/// as (id, name), from `bpftool -j <kind> show`.
+fn loaded(kind: &str) -> Vec<(u64, String)> {
+    let output = Command::new("bpftool")
+        .args(["-j", kind, "show"])
+        .output()
+        .expect("run bpftool (installed by `cargo xtask setup`)");
+    assert!(output.status.success(), "bpftool {kind} show: {output:?}");
+    let json = String::from_utf8(output.stdout).expect("bpftool prints UTF-8");
+    // A flat array of objects that each start with their id; nested objects
+    // (such as `pids`) have no `id` key.
+    json.split("{\"id\":")
+        .skip(1)
+        .map(|object| {
+            let digits = object.split(|c: char| !c.is_ascii_digit()).next();
+            let id = digits
+                .and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| panic!("no id in bpftool output: {object}"));
+            let name = object
+                .split_once("\"name\":\"")
+                .and_then(|(_, rest)| rest.split('"').next())
+                .unwrap_or_default();
+            (id, name.to_string())
+        })
+        .collect()
+}
+
+/// The ids of the BPF objects process `pid` holds open, from the `key` line
+/// ("prog_id" or "map_id") of its fds' fdinfo.
+fn held_ids(pid: u32, key: &str) -> BTreeSet<u64> {
+    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap_or_else(|e| panic!("list /proc/{pid}/fdinfo: {e}"));
+    let prefix = format!("{key}:");
+    fdinfo
+        .filter_map(|fd| std::fs::read_to_string(fd.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(&prefix))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Starts sonde, checks it has loaded exactly its programs, stops it with
+/// `signal` (asserting exit code 0), and checks none of its programs and
+/// maps remain. Ids, not names, so other sondes on the machine don't count.
+fn assert_unloads_on(signal: libc::c_int) {
+    let sonde = Sonde::watching_ports(&[free_port()]);
+    let programs = held_ids(sonde.pid(), "prog_id");
+    let maps = held_ids(sonde.pid(), "map_id");
+    let mut names: Vec<String> = loaded("prog")
+        .into_iter()
+        .filter(|(id, _)| programs.contains(id))
+        .map(|(_, name)| name)
+        .collect();
+    names.sort();
+    assert_eq!(names, SONDE_PROGRAMS, "programs loaded by sonde");
+    assert!(!maps.is_empty(), "sonde holds no BPF maps");
+
+    sonde.stop_on(signal);
+    let remaining = || {
+        let programs: Vec<(u64, String)> = loaded("prog")
+            .into_iter()
+            .filter(|(id, _)| programs.contains(id))
+            .collect();
+        let maps: Vec<(u64, String)> = loaded("map")
+            .into_iter()
+            .filter(|(id, _)| maps.contains(id))
+            .collect();
+        (programs, maps)
+    };
+    let released = poll(RELEASE_TIMEOUT, Duration::from_millis(50), || {
+        let (programs, maps) = remaining();
+        (programs.is_empty() && maps.is_empty()).then_some(())
+    });
+    let (programs, maps) = remaining();
+    assert!(
+        released.is_some(),
+        "{RELEASE_TIMEOUT:?} after sonde exited, still loaded: programs {programs:?}, maps {maps:?}"
+    );
+}
+
+#[test]
+fn sigterm_unloads_every_program_and_exits_0() {
+    assert_unloads_on(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_unloads_every_program_and_exits_0() {
+    assert_unloads_on(libc::SIGINT);
+}
+
+#[test]
+fn health_endpoints_answer() {
+    // Sonde::start has already waited for /readyz to say 200.
+    let sonde = Sonde::watching_ports(&[free_port()]);
+    for (path, status) in [
+        ("/readyz", 200),
+        ("/healthz", 200),
+        ("/metrics", 200),
+        ("/no-such-endpoint", 404),
+    ] {
+        let response = sonde.get(path).unwrap();
+        assert_eq!(response.status, status, "GET {path}");
+    }
+    sonde.stop();
+}
+
+/// Asserts sonde refused to start: a non-zero exit and exactly one stderr
+/// line, which contains every one of `expected`, and no panic.
+fn assert_one_line_refusal(finished: &Finished, expected: &[&str]) {
+    let Finished { status, stderr } = finished;
+    assert!(
+        status.code().is_some_and(|c| c != 0),
+        "sonde exited with {status:?}; stderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "sonde panicked:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "want exactly one line on stderr, got:\n{stderr}"
+    );
+    for text in expected {
+        assert!(
+            lines[0].contains(text),
+            "the error does not mention {text:?}: {}",
+            lines[0]
+        );
+    }
+}
+
+#[test]
+fn refuses_to_run_unprivileged() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let id = NOBODY.to_string();
+    let finished = run_to_exit(
+        Command::new("setpriv")
+            .args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
+            .arg(sonde_bin())
+            .args(["--metrics-addr", &addr]),
+        EXIT_TIMEOUT,
+    )
+    .unwrap();
+    assert_one_line_refusal(&finished, &["root", "CAP_BPF", "CAP_PERFMON"]);
+}
+
+#[test]
+fn refuses_a_metrics_address_in_use() {
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let finished = run_to_exit(
+        Command::new(sonde_bin()).args(["--metrics-addr", &addr]),
+        EXIT_TIMEOUT,
+    )
+    .unwrap();
+    assert_one_line_refusal(&finished, &[&addr]);
+    drop(taken);
+}
