@@ -76,7 +76,7 @@ const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "sonde needs root, or the capabilities CAP_BPF and CAP_PERFMON, to load its eBPF programs"
+        "must run as root, or with the capabilities CAP_BPF and CAP_PERFMON, to load its eBPF programs"
     )]
     NotPrivileged,
     #[error(transparent)]
