@@ -6,7 +6,7 @@
 //! requests pair correctly and latency runs to the last response byte. The
 //! result is a stream of `exchange::Observation`s. Memory is bounded: by
 //! `TrackerConfig` (connections, requests per connection), by the parser (head
-//! buffers), and by expiry of idle connections.
+//! buffers), and by expiry of idle connections into a bounded graveyard.
 //!
 //! ## Pairing after lost bytes
 //!
@@ -62,6 +62,20 @@
 //! The residual risk: a connection whose close was missed and which no
 //! accept or connect announced (it predates sonde) absorbs a later socket
 //! with the same addresses until it expires.
+//!
+//! ## Idle connections
+//!
+//! The kernel announces a connection once, when it first sees HTTP on it,
+//! but a connection idle past the timeout may well be open: pooled
+//! keep-alive connections idle for minutes (Envoy's default idle timeout is
+//! an hour). So expiry abandons the outstanding requests (`Expired`) and
+//! buries the connection: its grave keeps what the announcements told
+//! (process, addresses, side, fds). A read or write on any of its fds
+//! revives it with fresh parsers, between messages. It starts unaligned if
+//! anything was outstanding at expiry: the first response may be the late
+//! answer to an expired request. A close of its last fd or its process's
+//! exit forgets a grave; a full graveyard evicts the oldest burial. A buried
+//! socket still joins further fds announced for it.
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -75,9 +89,11 @@ use crate::http1::{Answering, Input, Kind, Output, Parser};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackerConfig {
     /// A connection with no event for this long (ns) is dropped, its
-    /// outstanding requests abandoned (`Expired`).
+    /// outstanding requests abandoned (`Expired`), and buried: data on it
+    /// revives it.
     pub idle_timeout_ns: u64,
-    /// Connections tracked at once; more are counted and ignored.
+    /// Connections tracked at once; more are counted and ignored. As many
+    /// buried connections are remembered (see `Graves` for the memory).
     pub max_connections: usize,
     /// Requests awaiting their response on one connection.
     pub max_pending: usize,
@@ -101,16 +117,19 @@ const MAX_FDS_PER_SOCKET: usize = 4;
 #[derive(Debug)]
 pub struct Tracker {
     config: TrackerConfig,
-    /// Connections, keyed by the conn id each was first announced under
+    /// Live connections, keyed by the conn id each was first announced under
     /// (its `Endpoint::conn_id`), which outlives that fd's close when the
     /// socket has others.
     conns: HashMap<u64, Conn>,
-    /// The key in `conns` of every open conn id.
+    /// Buried connections (expired while open), by the same keys.
+    graves: Graves,
+    /// The key of every open conn id, live or buried.
     ids: HashMap<u64, u64>,
-    /// The newest connection of each socket, the one a further fd joins.
+    /// The newest connection (live or buried) of each socket, the one a
+    /// further fd joins.
     by_socket: HashMap<Socket, u64>,
-    /// Connection keys per process, for `ProcessExit`. Ordered, so what an
-    /// exit emits does not depend on hashing.
+    /// Connection keys (live or buried) per process, for `ProcessExit`.
+    /// Ordered, so what an exit emits does not depend on hashing.
     by_tgid: HashMap<u32, BTreeSet<u64>>,
     last_id: RequestId,
     /// Scratch space of `expire`, kept to avoid an allocation per call.
@@ -120,6 +139,7 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
         Tracker {
+            graves: Graves::new(config.max_connections),
             config,
             conns: HashMap::new(),
             ids: HashMap::new(),
@@ -130,8 +150,8 @@ impl Tracker {
         }
     }
 
-    /// Connections tracked (a connection announced under several fds counts
-    /// once).
+    /// Live connections tracked (a connection announced under several fds
+    /// counts once); buried ones are not.
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -144,23 +164,23 @@ impl Tracker {
     pub fn handle(&mut self, event: &Event, out: &mut Vec<Observation>) {
         match event {
             Event::Open(open) => self.open(open, out),
-            Event::Data(data) => match self
-                .ids
-                .get(&data.conn_id)
-                .and_then(|key| self.conns.get_mut(key))
-            {
-                Some(conn) => conn.on_data(data, &mut self.last_id, self.config.max_pending, out),
-                None => out.push(Observation::Anomaly(Anomaly::UnknownConnection)),
-            },
+            Event::Data(data) => {
+                if let Some(conn) = self
+                    .live_key(data.conn_id, out)
+                    .and_then(|key| self.conns.get_mut(&key))
+                {
+                    conn.on_data(data, &mut self.last_id, self.config.max_pending, out);
+                }
+            }
             // Closes also come for connections never tracked (table full).
             Event::Close { conn_id, .. } => {
-                if let Some(conn) = self.close_fd(*conn_id) {
+                if let Some(mut conn) = self.close_fd(*conn_id) {
                     conn.shut(AbandonReason::ClosedUnanswered, out);
                 }
             }
             Event::ProcessExit { tgid } => {
                 for key in self.by_tgid.remove(tgid).unwrap_or_default() {
-                    if let Some(conn) = self.remove(key) {
+                    if let Some(mut conn) = self.forget(key) {
                         conn.shut(AbandonReason::ProcessExited, out);
                     }
                 }
@@ -169,9 +189,9 @@ impl Tracker {
         }
     }
 
-    /// Drops connections idle for longer than the idle timeout. `now_ns` is on
-    /// the events' clock (CLOCK_MONOTONIC). Costs O(connections): call it
-    /// every few seconds, not per event.
+    /// Buries connections idle for longer than the idle timeout. `now_ns` is
+    /// on the events' clock (CLOCK_MONOTONIC). Costs O(live connections): call
+    /// it every few seconds, not per event.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Observation>) {
         let idle_ns = self.config.idle_timeout_ns;
         let mut expired = std::mem::take(&mut self.expired);
@@ -183,8 +203,10 @@ impl Tracker {
         );
         expired.sort_unstable();
         for &key in &expired {
-            if let Some(conn) = self.remove(key) {
-                conn.shut(AbandonReason::Expired, out);
+            if let Some(conn) = self.conns.remove(&key) {
+                if let Some((evicted, grave)) = self.graves.bury(key, conn.expire(out)) {
+                    self.unindex(evicted, &grave.who);
+                }
             }
         }
         expired.clear();
@@ -194,13 +216,15 @@ impl Tracker {
     fn open(&mut self, open: &ConnOpen, out: &mut Vec<Observation>) {
         // An id still naming a connection, open or not (its fd closed while
         // another fd keeps the socket): announced twice, what is known stays.
-        if self.ids.contains_key(&open.conn_id) || self.conns.contains_key(&open.conn_id) {
+        if self.ids.contains_key(&open.conn_id)
+            || self.conns.contains_key(&open.conn_id)
+            || self.graves.contains(open.conn_id)
+        {
             return;
         }
         let socket = Socket::of(open.tgid, open.local, open.peer);
         if let Some(key) = socket.and_then(|s| self.by_socket.get(&s)).copied() {
-            if let Some(conn) = self.conns.get_mut(&key).filter(|c| c.may_share_with(open)) {
-                conn.add_fd(open);
+            if self.join(key, open) {
                 self.ids.insert(open.conn_id, key);
                 return;
             }
@@ -220,38 +244,94 @@ impl Tracker {
         }
     }
 
-    /// Drops the alias `conn_id`; returns its connection if that was its last fd.
+    /// Adds `open` to connection `key` (live or buried) if it is another fd
+    /// of that socket.
+    fn join(&mut self, key: u64, open: &ConnOpen) -> bool {
+        if let Some(conn) = self.conns.get_mut(&key) {
+            let joins = conn.who.may_share_with(open);
+            if joins {
+                conn.add_fd(open);
+            }
+            return joins;
+        }
+        match self.graves.get_mut(key) {
+            Some(grave) if grave.who.may_share_with(open) => {
+                grave.who.add_fd(open);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The key of the live connection that `conn_id` is an fd of, reviving it
+    /// if it is buried. None, counted, when there is none.
+    fn live_key(&mut self, conn_id: u64, out: &mut Vec<Observation>) -> Option<u64> {
+        let buried = match self.ids.get(&conn_id).copied() {
+            Some(key) if self.conns.contains_key(&key) => return Some(key),
+            Some(key) => self.graves.remove(key).map(|grave| (key, grave)),
+            None => None,
+        };
+        let Some((key, grave)) = buried else {
+            out.push(Observation::Anomaly(Anomaly::UnknownConnection));
+            return None;
+        };
+        if self.conns.len() >= self.config.max_connections {
+            // As for a new connection: counted once, its data unknown from now on.
+            out.push(Observation::Anomaly(Anomaly::TooManyConnections));
+            self.unindex(key, &grave.who);
+            return None;
+        }
+        self.conns.insert(key, Conn::revive(grave));
+        Some(key)
+    }
+
+    /// Drops the fd `conn_id`; returns its connection if that was its last
+    /// fd and the connection was live.
     fn close_fd(&mut self, conn_id: u64) -> Option<Conn> {
         let key = self.ids.remove(&conn_id)?;
-        let conn = self.conns.get_mut(&key)?;
-        conn.fds.retain(|&id| id != conn_id);
-        if conn.fds.is_empty() {
-            self.remove(key)
+        let who = match self.conns.get_mut(&key) {
+            Some(conn) => &mut conn.who,
+            None => &mut self.graves.get_mut(key)?.who,
+        };
+        who.fds.retain(|&id| id != conn_id);
+        if who.fds.is_empty() {
+            self.forget(key)
         } else {
             None
         }
     }
 
-    /// Forgets a connection and every fd it has.
-    fn remove(&mut self, key: u64) -> Option<Conn> {
-        let conn = self.conns.remove(&key)?;
-        for id in &conn.fds {
+    /// Forgets connection `key`, live or buried, and every fd it has;
+    /// returns it if it was live.
+    fn forget(&mut self, key: u64) -> Option<Conn> {
+        if let Some(conn) = self.conns.remove(&key) {
+            self.unindex(key, &conn.who);
+            return Some(conn);
+        }
+        if let Some(grave) = self.graves.remove(key) {
+            self.unindex(key, &grave.who);
+        }
+        None
+    }
+
+    /// Removes what points to connection `key`, gone from `conns` and `graves`.
+    fn unindex(&mut self, key: u64, who: &Identity) {
+        for id in &who.fds {
             self.ids.remove(id);
         }
-        let tgid = conn.at.tgid;
+        let tgid = who.at.tgid;
         if let Some(keys) = self.by_tgid.get_mut(&tgid) {
             keys.remove(&key);
             if keys.is_empty() {
                 self.by_tgid.remove(&tgid);
             }
         }
-        if let Some(socket) = Socket::of(tgid, conn.at.local, conn.at.peer) {
+        if let Some(socket) = who.socket() {
             // A newer connection may have taken the socket's place.
             if self.by_socket.get(&socket) == Some(&key) {
                 self.by_socket.remove(&socket);
             }
         }
-        Some(conn)
     }
 }
 
@@ -273,6 +353,167 @@ impl Socket {
     }
 }
 
+/// Who a connection is: what the open events of its fds told. A buried
+/// connection keeps only this (and a few flags, see `Grave`).
+#[derive(Debug)]
+struct Identity {
+    /// `at.side` means nothing until `side_known`.
+    at: Endpoint,
+    side_known: bool,
+    /// Open conn ids (fds) of the socket; the connection ends with the last.
+    fds: Vec<u64>,
+    /// One of them came from accept or connect.
+    accepted_or_connected: bool,
+}
+
+impl Identity {
+    fn new(open: &ConnOpen) -> Self {
+        let mut who = Identity {
+            at: Endpoint {
+                tgid: open.tgid,
+                conn_id: open.conn_id,
+                side: Side::Server,
+                local: open.local,
+                peer: open.peer,
+            },
+            side_known: false,
+            fds: vec![open.conn_id],
+            accepted_or_connected: false,
+        };
+        who.learn_hint(open.role);
+        who
+    }
+
+    fn socket(&self) -> Option<Socket> {
+        Socket::of(self.at.tgid, self.at.local, self.at.peer)
+    }
+
+    /// Whether `open`, announced with this connection's process and
+    /// addresses, is another fd of its socket (see the module comment).
+    fn may_share_with(&self, open: &ConnOpen) -> bool {
+        let another_socket = self.accepted_or_connected && open.role != RoleHint::Unknown;
+        !another_socket && self.fds.len() < MAX_FDS_PER_SOCKET
+    }
+
+    /// Adds the fd of `open`; true if that taught the side.
+    fn add_fd(&mut self, open: &ConnOpen) -> bool {
+        self.fds.push(open.conn_id);
+        self.learn_hint(open.role)
+    }
+
+    /// What accept or connect said of the side, unless a head or an earlier
+    /// fd already told. True if that taught the side.
+    fn learn_hint(&mut self, role: RoleHint) -> bool {
+        let side = match role {
+            RoleHint::Server => Side::Server,
+            RoleHint::Client => Side::Client,
+            RoleHint::Unknown => return false,
+        };
+        self.accepted_or_connected = true;
+        self.learn_side(side)
+    }
+
+    /// Fixes the side the first time it is learnt (from an open event, or
+    /// from the first head on any of its fds when the kernel did not know).
+    /// True if it was not known before.
+    fn learn_side(&mut self, side: Side) -> bool {
+        if self.side_known {
+            return false;
+        }
+        self.side_known = true;
+        self.at.side = side;
+        true
+    }
+}
+
+/// What is kept of a connection expired while open: enough to go on
+/// tracking it when it is used again.
+#[derive(Debug)]
+struct Grave {
+    who: Identity,
+    /// Nothing was outstanding at expiry and both streams were between
+    /// messages, in sync: the first response after revival is trustworthy.
+    aligned: bool,
+    pipelined: bool,
+    /// It carries no HTTP any more (after an upgrade or CONNECT).
+    tunnel: bool,
+}
+
+/// Buried connections by key, at most `capacity`; burying one more evicts
+/// the oldest burial. All operations O(1) (amortized).
+///
+/// Memory per grave: 136 bytes in `graves` (key, burial number, `Grave`
+/// sized for IPv6), its fd list's heap block (32), 16 to 64 in `order`, and
+/// its entries in the tracker's indexes: 80 in `by_socket`, 16 per fd in
+/// `ids`, about 10 in `by_tgid`. With hash table slack about 330 bytes, up to
+/// 600 just after a table grows: 21 to 40 MiB for the default capacity of
+/// 65536, reached only with that many idle connections still open.
+#[derive(Debug)]
+struct Graves {
+    capacity: usize,
+    /// Key → (burial number, grave).
+    graves: HashMap<u64, (u64, Grave)>,
+    /// (key, burial number), oldest first. A grave revived or forgotten
+    /// leaves its entry behind, skipped when met and dropped when such
+    /// entries outnumber the graves.
+    order: VecDeque<(u64, u64)>,
+    burials: u64,
+}
+
+impl Graves {
+    /// Stale entries of `order` tolerated beyond one per grave.
+    const SLACK: usize = 64;
+
+    fn new(capacity: usize) -> Self {
+        Graves {
+            capacity,
+            graves: HashMap::new(),
+            order: VecDeque::new(),
+            burials: 0,
+        }
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.graves.contains_key(&key)
+    }
+
+    fn get_mut(&mut self, key: u64) -> Option<&mut Grave> {
+        self.graves.get_mut(&key).map(|(_, grave)| grave)
+    }
+
+    fn remove(&mut self, key: u64) -> Option<Grave> {
+        self.graves.remove(&key).map(|(_, grave)| grave)
+    }
+
+    /// Whether an `order` entry is its grave's latest burial.
+    fn is_current(&self, (key, burial): (u64, u64)) -> bool {
+        self.graves.get(&key).is_some_and(|&(b, _)| b == burial)
+    }
+
+    /// Buries `grave` under `key`; returns the grave evicted to make room.
+    fn bury(&mut self, key: u64, grave: Grave) -> Option<(u64, Grave)> {
+        self.burials += 1;
+        self.graves.insert(key, (self.burials, grave));
+        if self.order.len() >= 2 * self.graves.len() + Self::SLACK {
+            // Amortized O(1): at least half the entries dropped are stale,
+            // each left by one O(1) removal.
+            let mut order = std::mem::take(&mut self.order);
+            order.retain(|&entry| self.is_current(entry));
+            self.order = order;
+        }
+        self.order.push_back((key, self.burials));
+        if self.graves.len() <= self.capacity {
+            return None;
+        }
+        while let Some(entry) = self.order.pop_front() {
+            if self.is_current(entry) {
+                return self.remove(entry.0).map(|grave| (entry.0, grave));
+            }
+        }
+        None
+    }
+}
+
 /// A request waiting for its response.
 #[derive(Debug)]
 struct Pending {
@@ -291,79 +532,86 @@ struct Pending {
 
 #[derive(Debug)]
 struct Conn {
-    /// `at.side` means nothing until `side_known`.
-    at: Endpoint,
-    side_known: bool,
-    /// Open conn ids (fds) of the socket; the connection ends with the last.
-    fds: Vec<u64>,
-    /// One of them came from accept or connect.
-    accepted_or_connected: bool,
+    who: Identity,
     inbound: Parser,
     outbound: Parser,
     pending: VecDeque<Pending>,
     last_ns: u64,
     aligned: bool,
     pipelined: bool,
+    /// It carries no HTTP any more (after an upgrade or CONNECT).
+    tunnel: bool,
 }
 
 impl Conn {
     fn new(open: &ConnOpen) -> Self {
+        Conn::of(Identity::new(open), open.ts_ns)
+    }
+
+    /// Fresh state, between messages, for a connection whose side may
+    /// already be known.
+    fn of(who: Identity, last_ns: u64) -> Self {
         let mut conn = Conn {
-            at: Endpoint {
-                tgid: open.tgid,
-                conn_id: open.conn_id,
-                side: Side::Server,
-                local: open.local,
-                peer: open.peer,
-            },
-            side_known: false,
-            fds: vec![open.conn_id],
-            accepted_or_connected: false,
+            who,
             inbound: Parser::new(None),
             outbound: Parser::new(None),
             pending: VecDeque::new(),
-            last_ns: open.ts_ns,
+            last_ns,
             aligned: true,
             pipelined: false,
+            tunnel: false,
         };
-        conn.learn_hint(open.role);
+        if conn.who.side_known {
+            conn.set_kinds();
+        }
         conn
     }
 
-    /// Whether `open`, announced with this connection's process and
-    /// addresses, is another fd of its socket (see the module comment).
-    fn may_share_with(&self, open: &ConnOpen) -> bool {
-        let another_socket = self.accepted_or_connected && open.role != RoleHint::Unknown;
-        !another_socket && self.fds.len() < MAX_FDS_PER_SOCKET
+    /// Back from its grave; its first event sets `last_ns`.
+    fn revive(grave: Grave) -> Self {
+        let mut conn = Conn::of(grave.who, 0);
+        conn.aligned = grave.aligned;
+        conn.pipelined = grave.pipelined;
+        if grave.tunnel {
+            conn.tunnel = true;
+            conn.inbound.tunnel();
+            conn.outbound.tunnel();
+        }
+        conn
+    }
+
+    /// Idle past the timeout: ends what is outstanding (`Expired`) and keeps
+    /// what a revival needs.
+    fn expire(mut self, out: &mut Vec<Observation>) -> Grave {
+        let quiet = self.aligned
+            && self.pending.is_empty()
+            && self.inbound.is_idle()
+            && self.outbound.is_idle();
+        self.shut(AbandonReason::Expired, out);
+        Grave {
+            who: self.who,
+            aligned: quiet,
+            pipelined: self.pipelined,
+            tunnel: self.tunnel,
+        }
     }
 
     fn add_fd(&mut self, open: &ConnOpen) {
-        self.fds.push(open.conn_id);
-        self.last_ns = self.last_ns.max(open.ts_ns);
-        self.learn_hint(open.role);
-    }
-
-    /// What accept or connect said of the side, unless a head or an earlier
-    /// fd already told.
-    fn learn_hint(&mut self, role: RoleHint) {
-        let side = match role {
-            RoleHint::Server => Side::Server,
-            RoleHint::Client => Side::Client,
-            RoleHint::Unknown => return,
-        };
-        self.accepted_or_connected = true;
-        self.learn_side(side);
-    }
-
-    /// Fixes the side the first time it is learnt (from an open event, or
-    /// from the first head on any of its fds when the kernel did not know).
-    fn learn_side(&mut self, side: Side) {
-        if self.side_known {
-            return;
+        if self.who.add_fd(open) {
+            self.set_kinds();
         }
-        self.side_known = true;
-        self.at.side = side;
-        let (inbound, outbound) = match side {
+        self.last_ns = self.last_ns.max(open.ts_ns);
+    }
+
+    fn learn_side(&mut self, side: Side) {
+        if self.who.learn_side(side) {
+            self.set_kinds();
+        }
+    }
+
+    /// Tells the parsers what each direction carries, once the side is known.
+    fn set_kinds(&mut self) {
+        let (inbound, outbound) = match self.who.at.side {
             Side::Server => (Kind::Request, Kind::Response),
             Side::Client => (Kind::Response, Kind::Request),
         };
@@ -373,7 +621,7 @@ impl Conn {
 
     /// (request stream, response stream); meaningful once the side is known.
     fn streams(&mut self) -> (&mut Parser, &mut Parser) {
-        match self.at.side {
+        match self.who.at.side {
             Side::Server => (&mut self.inbound, &mut self.outbound),
             Side::Client => (&mut self.outbound, &mut self.inbound),
         }
@@ -431,7 +679,7 @@ impl Conn {
     }
 
     fn carries_requests(&self, dir: Direction) -> bool {
-        self.side_known && (dir == Direction::In) == (self.at.side == Side::Server)
+        self.who.side_known && (dir == Direction::In) == (self.who.at.side == Side::Server)
     }
 
     fn on_request(
@@ -445,7 +693,7 @@ impl Conn {
     ) {
         out.push(Observation::Started(Started {
             id,
-            at: self.at.clone(),
+            at: self.who.at.clone(),
             request: request.clone(),
             start_ns,
         }));
@@ -455,7 +703,7 @@ impl Conn {
         if self.pending.len() >= max_pending {
             out.push(Observation::Abandoned {
                 id,
-                at: self.at.clone(),
+                at: self.who.at.clone(),
                 reason: AbandonReason::QueueFull,
             });
             // Its response will still come: it must not be taken for the
@@ -495,6 +743,7 @@ impl Conn {
 
     fn on_response(&mut self, status: u16, tunnel: bool, out: &mut Vec<Observation>) {
         if tunnel {
+            self.tunnel = true;
             self.streams().0.tunnel();
         } else if status < 200 {
             // Interim (100 Continue, 103 Early Hints): the final one counts.
@@ -528,7 +777,7 @@ impl Conn {
                 .unwrap_or_else(|| self.streams().0.body_bytes());
             out.push(Observation::Finished(Finished {
                 id: p.id,
-                at: self.at.clone(),
+                at: self.who.at.clone(),
                 request: p.request,
                 status,
                 start_ns: p.start_ns,
@@ -549,7 +798,7 @@ impl Conn {
         for p in self.pending.drain(..) {
             out.push(Observation::Abandoned {
                 id: p.id,
-                at: self.at.clone(),
+                at: self.who.at.clone(),
                 reason,
             });
         }
@@ -557,7 +806,7 @@ impl Conn {
 
     /// The connection is gone: a response in progress ends where its last
     /// byte was seen; unanswered requests are abandoned for `reason`.
-    fn shut(mut self, reason: AbandonReason, out: &mut Vec<Observation>) {
+    fn shut(&mut self, reason: AbandonReason, out: &mut Vec<Observation>) {
         if let Some(Output::End {
             body_bytes,
             end_ns,
@@ -1185,8 +1434,286 @@ mod tests {
         tracker.expire(251, &mut out);
         assert_eq!(finished(&out), [(2, 200, 10, 150, false)]);
         assert!(tracker.is_empty());
-        out = run(&mut tracker, &[data(3, Out, 300, GET), close(4, 301)]);
+        // Buried with both fds: a write on one revives it, and it ends with
+        // the close of both.
+        out = run(
+            &mut tracker,
+            &[
+                data(3, Out, 300, GET),
+                close(4, 301),
+                close(3, 302),
+                data(4, In, 303, OK),
+            ],
+        );
+        assert_eq!(abandoned(&out), [(3, AbandonReason::ClosedUnanswered)]);
         assert_eq!(anomalies(&out), [Anomaly::UnknownConnection]);
+        assert!(tracker.is_empty());
+    }
+
+    fn idle_100(max_connections: usize) -> Tracker {
+        Tracker::new(TrackerConfig {
+            idle_timeout_ns: 100,
+            max_connections,
+            ..TrackerConfig::default()
+        })
+    }
+
+    /// Nothing of a forgotten connection is left in any index.
+    fn assert_forgotten(tracker: &Tracker, key: u64) {
+        assert!(!tracker.conns.contains_key(&key));
+        assert!(!tracker.graves.contains(key));
+        assert!(!tracker.ids.values().any(|&k| k == key));
+        assert!(!tracker.by_socket.values().any(|&k| k == key));
+        assert!(!tracker.by_tgid.values().any(|keys| keys.contains(&key)));
+    }
+
+    #[test]
+    fn an_expired_connection_is_revived_by_its_next_read_or_write() {
+        // (role announced, request direction, response direction, side)
+        let cases = [
+            (RoleHint::Server, In, Out, Side::Server),
+            (RoleHint::Unknown, In, Out, Side::Server),
+            (RoleHint::Client, Out, In, Side::Client),
+            (RoleHint::Unknown, Out, In, Side::Client),
+        ];
+        for (role, req, resp, side) in cases {
+            let mut tracker = idle_100(16);
+            let mut out = run(
+                &mut tracker,
+                &[open(1, role), data(1, req, 1, GET), data(1, resp, 2, OK)],
+            );
+            tracker.expire(200, &mut out);
+            assert!(tracker.is_empty(), "{role:?}");
+            assert_eq!(tracker.graves.graves.len(), 1, "{role:?}");
+            out.extend(run(
+                &mut tracker,
+                &[data(1, req, 1000, GET), data(1, resp, 1001, OK)],
+            ));
+            assert_eq!(
+                finished(&out),
+                [(1, 200, 1, 2, true), (2, 200, 1000, 1001, true)],
+                "{role:?}"
+            );
+            assert_eq!(anomalies(&out), [], "{role:?}");
+            let Some(Observation::Finished(f)) = out.last() else {
+                panic!("{out:?}")
+            };
+            assert_eq!((f.at.conn_id, f.at.side), (1, side), "{role:?}");
+            assert_eq!((tracker.len(), tracker.graves.graves.len()), (1, 0));
+            // Idle again: buried again, and revived again.
+            tracker.expire(1200, &mut out);
+            out = run(
+                &mut tracker,
+                &[data(1, req, 2000, GET), data(1, resp, 2001, OK)],
+            );
+            assert_eq!(finished(&out), [(3, 200, 2000, 2001, true)], "{role:?}");
+        }
+    }
+
+    #[test]
+    fn after_expiry_with_requests_outstanding_a_late_answer_is_not_paired() {
+        let mut tracker = idle_100(16);
+        let mut out = run(
+            &mut tracker,
+            &[open(1, RoleHint::Client), data(1, Out, 1, GET)],
+        );
+        tracker.expire(200, &mut out);
+        assert_eq!(abandoned(&out), [(1, AbandonReason::Expired)]);
+        out = run(
+            &mut tracker,
+            &[
+                // The answer to the expired request: neither paired nor counted.
+                data(1, In, 300, OK),
+                data(1, Out, 400, GET),
+                data(1, In, 401, OK),
+            ],
+        );
+        assert_eq!(finished(&out), [(2, 200, 400, 401, true)]);
+        assert_eq!(anomalies(&out), []);
+
+        // Expired with nothing outstanding: a response without a request is
+        // one.
+        tracker.expire(600, &mut out);
+        out = run(&mut tracker, &[data(1, In, 700, OK)]);
+        assert_eq!(anomalies(&out), [Anomaly::UnpairedResponse]);
+    }
+
+    #[test]
+    fn a_grave_is_forgotten_with_its_last_fd_or_its_process() {
+        // (events after the expiry of fds 1 and 2 of process T, whether the
+        // connection still revives)
+        let cases = [
+            (vec![close(1, 300), close(2, 301)], false),
+            (vec![Event::ProcessExit { tgid: T }], false),
+            (vec![close(1, 300)], true),
+            (vec![Event::ProcessExit { tgid: T + 1 }], true),
+        ];
+        for (events, revives) in cases {
+            let mut tracker = idle_100(16);
+            let mut out = run(
+                &mut tracker,
+                &[
+                    open(1, RoleHint::Server),
+                    open(2, RoleHint::Unknown),
+                    data(1, In, 1, GET),
+                    data(2, Out, 2, OK),
+                ],
+            );
+            tracker.expire(200, &mut out);
+            out = run(&mut tracker, &events);
+            assert_eq!(out, [], "{events:?}");
+            out = run(
+                &mut tracker,
+                &[data(2, In, 400, GET), data(2, Out, 401, OK)],
+            );
+            if revives {
+                assert_eq!(finished(&out), [(2, 200, 400, 401, true)], "{events:?}");
+                assert_eq!(anomalies(&out), [], "{events:?}");
+            } else {
+                assert_eq!(finished(&out), [], "{events:?}");
+                assert_eq!(
+                    anomalies(&out),
+                    [Anomaly::UnknownConnection, Anomaly::UnknownConnection],
+                    "{events:?}"
+                );
+                assert_forgotten(&tracker, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_revival_into_a_full_table_is_counted_once() {
+        let mut tracker = idle_100(1);
+        let mut out = run(
+            &mut tracker,
+            &[open(1, RoleHint::Server), data(1, In, 1, GET)],
+        );
+        tracker.expire(200, &mut out);
+        out = run(
+            &mut tracker,
+            &[
+                open_sock(2, T, RoleHint::Server, LOCAL, "10.0.0.2:40001"),
+                data(1, In, 300, GET),
+                data(1, In, 301, GET),
+            ],
+        );
+        assert_eq!(
+            anomalies(&out),
+            [Anomaly::TooManyConnections, Anomaly::UnknownConnection]
+        );
+        assert_eq!(tracker.len(), 1);
+        assert_forgotten(&tracker, 1);
+    }
+
+    #[test]
+    fn graves_are_bounded_and_the_oldest_burial_goes_first() {
+        let mut tracker = idle_100(2);
+        let peer = |id: u64| format!("10.0.0.2:{}", 40000 + id);
+        let mut out = run(
+            &mut tracker,
+            &[
+                open_sock(1, T, RoleHint::Server, LOCAL, &peer(1)),
+                open_sock(2, T, RoleHint::Server, LOCAL, &peer(2)),
+            ],
+        );
+        tracker.expire(200, &mut out);
+        // Fd 1 is used again and buried after 2.
+        tracker.handle(&data(1, In, 300, GET), &mut out);
+        tracker.handle(&data(1, Out, 301, OK), &mut out);
+        tracker.expire(500, &mut out);
+        tracker.handle(
+            &open_sock(3, T, RoleHint::Server, LOCAL, &peer(3)),
+            &mut out,
+        );
+        tracker.handle(&data(3, In, 501, GET), &mut out);
+        tracker.expire(700, &mut out);
+        assert_eq!(abandoned(&out), [(2, AbandonReason::Expired)]);
+        assert_eq!(tracker.graves.graves.len(), 2);
+        assert_forgotten(&tracker, 2);
+        out = run(
+            &mut tracker,
+            &[
+                data(2, In, 800, GET),
+                data(1, In, 801, GET),
+                data(3, Out, 802, OK),
+            ],
+        );
+        assert_eq!(anomalies(&out), [Anomaly::UnknownConnection]);
+        assert_eq!(started(&out), [(3, "/a".to_string())]);
+        assert_eq!(tracker.len(), 2);
+
+        // Buried and revived over and over, a connection leaves stale entries
+        // in the burial order; they stay bounded.
+        for round in 0..1000 {
+            let now = 1000 + round * 1000;
+            tracker.expire(now, &mut out);
+            tracker.handle(&data(1, In, now + 1, GET), &mut out);
+            tracker.handle(&data(1, Out, now + 2, OK), &mut out);
+            assert!(tracker.graves.order.len() <= 2 * 2 + Graves::SLACK + 1);
+        }
+    }
+
+    #[test]
+    fn a_buried_socket_is_joined_by_a_new_fd() {
+        let mut tracker = idle_100(16);
+        let mut out = run(
+            &mut tracker,
+            &[
+                open(1, RoleHint::Client),
+                data(1, Out, 1, GET),
+                data(1, In, 2, OK),
+            ],
+        );
+        tracker.expire(200, &mut out);
+        out = run(
+            &mut tracker,
+            &[
+                open(2, RoleHint::Unknown),
+                data(2, Out, 300, GET),
+                data(1, In, 301, OK),
+                // A connect with the same addresses is another socket.
+                open(3, RoleHint::Client),
+            ],
+        );
+        assert_eq!(finished(&out), [(2, 200, 300, 301, true)]);
+        let Some(Observation::Finished(f)) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(f.at.conn_id, 1);
+        assert_eq!(tracker.len(), 2);
+    }
+
+    #[test]
+    fn a_buried_tunnel_stays_a_tunnel() {
+        let mut tracker = idle_100(16);
+        let mut out = run(
+            &mut tracker,
+            &[
+                open(1, RoleHint::Server),
+                data(
+                    1,
+                    In,
+                    1,
+                    b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                ),
+                data(
+                    1,
+                    Out,
+                    2,
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                ),
+            ],
+        );
+        tracker.expire(200, &mut out);
+        out = run(
+            &mut tracker,
+            &[
+                data(1, In, 300, b"\x81\x85\x00\x00\x00\x00hello"),
+                data(1, Out, 301, b"\x81\x05hello"),
+            ],
+        );
+        assert_eq!(out, []);
+        assert_eq!(tracker.len(), 1);
     }
 
     #[test]
