@@ -193,7 +193,8 @@ pub mod counter {
     pub const DATA_EVENTS: u32 = 3;
     /// Payloads that could not be copied from user memory.
     pub const COPY_FAILED: u32 = 4;
-    /// Connections classified as not HTTP/1.x.
+    /// Connections classified as not HTTP/1.x (given up after repeated
+    /// non-HTTP payloads, or closed after one without any HTTP).
     pub const NOT_HTTP: u32 = 5;
     /// Children of observed processes not followed because `PID_FILTER` was full.
     pub const PID_TABLE_FULL: u32 = 6;

@@ -683,6 +683,11 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         fd: arg(&ctx, 0) as u32,
     };
     if let Some(st) = unsafe { CONNS.get(key) } {
+        if st.proto == proto::UNKNOWN && st.misses > 0 {
+            // Closed before it could be given up (a TLS handshake that
+            // failed, a probe sending garbage): it was not HTTP either.
+            count(counter::NOT_HTTP);
+        }
         emit_close(&cfg, &key, st);
         let _ = CONNS.remove(key);
     }
