@@ -6,6 +6,8 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use regex::Regex;
 
+use crate::otlp;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "sonde",
@@ -68,6 +70,25 @@ pub struct Cli {
     #[arg(long, env = "SONDE_IDLE_TIMEOUT_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_secs: u64,
+
+    /// OTLP endpoint to send spans to, e.g. `http://otel-collector:4318`;
+    /// traces are off without one. Unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    /// then OTEL_EXPORTER_OTLP_ENDPOINT. With http/protobuf, `/v1/traces` is
+    /// appended unless the path already ends with it.
+    #[arg(long, env = "SONDE_OTLP_ENDPOINT", value_parser = otlp::parse_endpoint)]
+    pub otlp_endpoint: Option<http::Uri>,
+
+    /// OTLP protocol. Unset: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, then
+    /// OTEL_EXPORTER_OTLP_PROTOCOL, else grpc if the endpoint's port is 4317
+    /// and http/protobuf otherwise.
+    #[arg(long, env = "SONDE_OTLP_PROTOCOL", value_enum)]
+    pub otlp_protocol: Option<otlp::Protocol>,
+
+    /// Fraction of traces exported (0 to 1), decided on the trace id so a
+    /// trace is kept or dropped whole. A request whose W3C traceparent says
+    /// sampled is always exported; one that says not sampled never is.
+    #[arg(long, env = "SONDE_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    pub trace_sample_ratio: f64,
 }
 
 impl Cli {
@@ -80,6 +101,13 @@ fn parse_regex(s: &str) -> Result<Regex, String> {
     Regex::new(s).map_err(|e| format!("not a valid regular expression: {e}"))
 }
 
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}` is not a ratio from 0 to 1")),
+    }
+}
+
 fn parse_pow2_mib(s: &str) -> Result<u32, String> {
     let n: u32 = s
         .parse()
@@ -90,12 +118,41 @@ fn parse_pow2_mib(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// Parsing as the binary does, with `SONDE_*` variables set for the call.
+#[cfg(test)]
+pub(crate) mod test_env {
+    use std::sync::Mutex;
+
+    use clap::Parser as _;
+
+    use super::Cli;
+
+    /// The environment is process-wide and tests run on several threads:
+    /// every parse in the tests goes through here, one at a time. Only
+    /// `SONDE_*` variables are set, which nothing but the parser reads.
+    static ENV: Mutex<()> = Mutex::new(());
+
+    pub(crate) fn parse_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, clap::Error> {
+        let _one_at_a_time = ENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (name, value) in env {
+            assert!(name.starts_with("SONDE_"), "{name}: only SONDE_* variables");
+            std::env::set_var(name, value);
+        }
+        let parsed = Cli::try_parse_from(std::iter::once("sonde").chain(args.iter().copied()));
+        for (name, _) in env {
+            std::env::remove_var(name);
+        }
+        parsed
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_env::parse_with_env;
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("sonde").chain(args.iter().copied()))
+        parse_with_env(args, &[])
     }
 
     #[test]
@@ -105,6 +162,43 @@ mod tests {
         assert!(c.ports.is_empty() && c.pids.is_empty() && c.exe.is_none());
         assert_eq!(c.capture_bytes, probe_common::DEFAULT_CAPTURE);
         assert_eq!(c.drain_interval(), Duration::from_millis(20));
+        assert_eq!(c.otlp_endpoint, None);
+        assert_eq!(c.otlp_protocol, None);
+        assert_eq!(c.trace_sample_ratio, 1.0);
+    }
+
+    #[test]
+    fn otlp_flags_beat_their_sonde_variables() {
+        let env = [
+            ("SONDE_OTLP_ENDPOINT", "http://from-env:4318"),
+            ("SONDE_OTLP_PROTOCOL", "grpc"),
+            ("SONDE_TRACE_SAMPLE_RATIO", "0.25"),
+        ];
+        let from_env = parse_with_env(&[], &env).unwrap();
+        assert_eq!(from_env.otlp_endpoint.unwrap(), "http://from-env:4318");
+        assert_eq!(from_env.otlp_protocol, Some(otlp::Protocol::Grpc));
+        assert_eq!(from_env.trace_sample_ratio, 0.25);
+
+        let flags = [
+            "--otlp-endpoint",
+            "http://from-flag:4317",
+            "--otlp-protocol",
+            "http/protobuf",
+            "--trace-sample-ratio",
+            "0.5",
+        ];
+        let from_flags = parse_with_env(&flags, &env).unwrap();
+        assert_eq!(from_flags.otlp_endpoint.unwrap(), "http://from-flag:4317");
+        assert_eq!(from_flags.otlp_protocol, Some(otlp::Protocol::HttpProtobuf));
+        assert_eq!(from_flags.trace_sample_ratio, 0.5);
+
+        // Set but empty is a mistake to point out, as for every flag.
+        let empty = parse_with_env(&[], &[("SONDE_OTLP_ENDPOINT", "")]).unwrap_err();
+        let empty = empty.to_string();
+        assert!(
+            empty.contains("--otlp-endpoint") && empty.contains("unset"),
+            "{empty}"
+        );
     }
 
     #[test]
@@ -134,6 +228,15 @@ mod tests {
             (&["--exe", "(unclosed"], "--exe"),
             (&["--ringbuf-mib", "3"], "--ringbuf-mib"),
             (&["--drain-interval-ms", "51"], "--drain-interval-ms"),
+            (&["--otlp-endpoint", "collector:4317"], "--otlp-endpoint"),
+            (
+                &["--otlp-endpoint", "https://collector:4317"],
+                "--otlp-endpoint",
+            ),
+            (&["--otlp-protocol", "http/json"], "--otlp-protocol"),
+            (&["--trace-sample-ratio", "1.5"], "--trace-sample-ratio"),
+            (&["--trace-sample-ratio=-0.1"], "--trace-sample-ratio"),
+            (&["--trace-sample-ratio", "NaN"], "--trace-sample-ratio"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(flag), "{args:?}: {err}");

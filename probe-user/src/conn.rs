@@ -76,6 +76,19 @@
 //! answer to an expired request. A close of its last fd or its process's
 //! exit forgets a grave; a full graveyard evicts the oldest burial. A buried
 //! socket still joins further fds announced for it.
+//!
+//! ## Request numbering
+//!
+//! Each request head seen on a connection gets the next `seq`, from 0,
+//! whichever of its fds carried it, and across burial and revival (the
+//! grave keeps the count). Heads abandoned at once (`QueueFull`) and cut ones
+//! count too. So when sonde sees both ends of a socket, they number its
+//! requests alike, which is what cross-process stitching matches on. They
+//! differ only when one end missed a head the other saw: heads lost in a
+//! capture gap or a dropped event, or a connection that predates sonde and
+//! was first seen on each end around a request sent but not yet read. The
+//! numbering then stays shifted for the life of the connection; a consumer
+//! should also check that the times agree.
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -83,7 +96,7 @@ use crate::event::{ConnOpen, Data, Direction, Event, RoleHint};
 use crate::exchange::{
     AbandonReason, Anomaly, Endpoint, Finished, Observation, Request, RequestId, Side, Started,
 };
-use crate::http1::{Answering, Input, Kind, Output, Parser};
+use crate::http1::{Answering, Input, Kind, Output, Parser, RequestHead};
 
 /// Limits of the tracker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -437,15 +450,17 @@ struct Grave {
     pipelined: bool,
     /// It carries no HTTP any more (after an upgrade or CONNECT).
     tunnel: bool,
+    /// `Conn::requests_seen`: numbering goes on after revival.
+    requests_seen: u64,
 }
 
 /// Buried connections by key, at most `capacity`; burying one more evicts
 /// the oldest burial. All operations O(1) (amortized).
 ///
-/// Memory per grave: 136 bytes in `graves` (key, burial number, `Grave`
+/// Memory per grave: 144 bytes in `graves` (key, burial number, `Grave`
 /// sized for IPv6), its fd list's heap block (32), 16 to 64 in `order`, and
 /// its entries in the tracker's indexes: 80 in `by_socket`, 16 per fd in
-/// `ids`, about 10 in `by_tgid`. With hash table slack about 330 bytes, up to
+/// `ids`, about 10 in `by_tgid`. With hash table slack about 340 bytes, up to
 /// 600 just after a table grows: 21 to 40 MiB for the default capacity of
 /// 65536, reached only with that many idle connections still open.
 #[derive(Debug)]
@@ -521,6 +536,8 @@ struct Pending {
     request: Request,
     answering: Answering,
     start_ns: u64,
+    tid: u32,
+    seq: u64,
     /// Queued while the connection was aligned: its place in the queue is
     /// known (see the module comment).
     verified: bool,
@@ -541,6 +558,8 @@ struct Conn {
     pipelined: bool,
     /// It carries no HTTP any more (after an upgrade or CONNECT).
     tunnel: bool,
+    /// Request heads seen, the `seq` of the next one.
+    requests_seen: u64,
 }
 
 impl Conn {
@@ -560,6 +579,7 @@ impl Conn {
             aligned: true,
             pipelined: false,
             tunnel: false,
+            requests_seen: 0,
         };
         if conn.who.side_known {
             conn.set_kinds();
@@ -572,6 +592,7 @@ impl Conn {
         let mut conn = Conn::of(grave.who, 0);
         conn.aligned = grave.aligned;
         conn.pipelined = grave.pipelined;
+        conn.requests_seen = grave.requests_seen;
         if grave.tunnel {
             conn.tunnel = true;
             conn.inbound.tunnel();
@@ -593,6 +614,7 @@ impl Conn {
             aligned: quiet,
             pipelined: self.pipelined,
             tunnel: self.tunnel,
+            requests_seen: self.requests_seen,
         }
     }
 
@@ -635,7 +657,7 @@ impl Conn {
         out: &mut Vec<Observation>,
     ) {
         self.last_ns = data.ts_ns;
-        let mut input = Input::new(&data.payload, data.total_len, data.ts_ns);
+        let mut input = Input::new(&data.payload, data.total_len, data.ts_ns, data.tid);
         loop {
             let answering = self
                 .pending
@@ -649,14 +671,10 @@ impl Conn {
                 return;
             };
             match output {
-                Output::Request {
-                    request,
-                    start_ns,
-                    cut,
-                } => {
+                Output::Request(head) => {
                     self.learn_side(side_seeing(data.dir, Kind::Request));
                     *last_id += 1;
-                    self.on_request(*last_id, request, start_ns, cut, max_pending, out);
+                    self.on_request(*last_id, head, max_pending, out);
                 }
                 Output::Response { status, tunnel } => {
                     self.learn_side(side_seeing(data.dir, Kind::Response));
@@ -685,18 +703,30 @@ impl Conn {
     fn on_request(
         &mut self,
         id: RequestId,
-        request: Request,
-        start_ns: u64,
-        cut: bool,
+        head: RequestHead,
         max_pending: usize,
         out: &mut Vec<Observation>,
     ) {
+        let RequestHead {
+            request,
+            start_ns,
+            tid,
+            cut,
+            bad_traceparent,
+        } = head;
+        let seq = self.requests_seen;
+        self.requests_seen += 1;
         out.push(Observation::Started(Started {
             id,
             at: self.who.at.clone(),
             request: request.clone(),
             start_ns,
+            tid,
+            seq,
         }));
+        if bad_traceparent {
+            out.push(Observation::Anomaly(Anomaly::BadTraceparent));
+        }
         if cut {
             out.push(Observation::Anomaly(Anomaly::Gap));
         }
@@ -723,6 +753,8 @@ impl Conn {
             answering: Answering::of(&request.method),
             request,
             start_ns,
+            tid,
+            seq,
             verified: self.aligned,
             // The framing of a cut head is unknown, its body too.
             body_bytes: cut.then_some(0),
@@ -781,6 +813,8 @@ impl Conn {
                 request: p.request,
                 status,
                 start_ns: p.start_ns,
+                tid: p.tid,
+                seq: p.seq,
                 end_ns,
                 request_body_bytes,
                 response_body_bytes,
@@ -832,6 +866,7 @@ fn side_seeing(dir: Direction, kind: Kind) -> Side {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchange::TraceParent;
     use bytes::Bytes;
 
     const T: u32 = 100;
@@ -876,6 +911,14 @@ mod tests {
 
     fn data(conn_id: u64, dir: Direction, ts_ns: u64, payload: &[u8]) -> Event {
         cut(conn_id, dir, ts_ns, payload.len() as u32, payload)
+    }
+
+    /// `event`, a read or write, made by thread `tid` (else `T`).
+    fn on_thread(tid: u32, mut event: Event) -> Event {
+        if let Event::Data(d) = &mut event {
+            d.tid = tid;
+        }
+        event
     }
 
     fn close(conn_id: u64, ts_ns: u64) -> Event {
@@ -944,19 +987,27 @@ mod tests {
     fn server_exchange_in_full() {
         let out = track(&[
             open(1, RoleHint::Server),
-            data(
-                1,
-                In,
-                10,
-                b"POST /users?id=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            on_thread(
+                7,
+                data(
+                    1,
+                    In,
+                    10,
+                    b"POST /users?id=1 HTTP/1.1\r\nContent-Length: 3\r\n\
+                      traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\
+                      tracestate: congo=t61rcWkgMzE\r\nCookie: secret\r\n\r\nabc",
+                ),
             ),
-            data(
-                1,
-                Out,
-                20,
-                b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n",
+            on_thread(
+                8,
+                data(
+                    1,
+                    Out,
+                    20,
+                    b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n",
+                ),
             ),
-            data(1, Out, 25, b"ok"),
+            on_thread(9, data(1, Out, 25, b"ok")),
         ]);
         let at = Endpoint {
             tgid: T,
@@ -970,6 +1021,15 @@ mod tests {
             path: "/users".into(),
             path_truncated: false,
             version: "1.1",
+            trace: Some(TraceParent {
+                trace_id: [
+                    0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c,
+                    0x80, 0x31, 0x9c,
+                ],
+                parent_id: [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31],
+                flags: 1,
+                tracestate: Some("congo=t61rcWkgMzE".into()),
+            }),
         };
         assert_eq!(
             out,
@@ -978,7 +1038,9 @@ mod tests {
                     id: 1,
                     at: at.clone(),
                     request: request.clone(),
-                    start_ns: 10
+                    start_ns: 10,
+                    tid: 7,
+                    seq: 0,
                 }),
                 Observation::Finished(Finished {
                     id: 1,
@@ -986,6 +1048,8 @@ mod tests {
                     request,
                     status: 201,
                     start_ns: 10,
+                    tid: 7,
+                    seq: 0,
                     end_ns: 25,
                     request_body_bytes: 3,
                     response_body_bytes: 2,
@@ -993,6 +1057,141 @@ mod tests {
                 }),
             ]
         );
+    }
+
+    /// (id, seq, tid) of each started request; checks that each finished
+    /// one repeats what its start said.
+    fn numbering(out: &[Observation]) -> Vec<(RequestId, u64, u32)> {
+        let mut started = Vec::new();
+        for o in out {
+            match o {
+                Observation::Started(s) => started.push((s.id, s.seq, s.tid)),
+                Observation::Finished(f) => assert!(
+                    started.contains(&(f.id, f.seq, f.tid)),
+                    "{f:?} does not match its start"
+                ),
+                _ => {}
+            }
+        }
+        started
+    }
+
+    #[test]
+    fn the_thread_is_the_one_that_moved_the_first_request_byte() {
+        // (role, request direction, response direction)
+        let cases = [
+            (RoleHint::Server, In, Out),
+            (RoleHint::Client, Out, In),
+            (RoleHint::Unknown, Out, In),
+            (RoleHint::Unknown, In, Out),
+        ];
+        for (role, req, resp) in cases {
+            let out = track(&[
+                open(1, role),
+                on_thread(11, data(1, req, 1, b"GET /a HT")),
+                on_thread(12, data(1, req, 2, b"TP/1.1\r\n\r\nGET /b HTTP/1.1\r\n")),
+                on_thread(13, data(1, resp, 3, OK)),
+                on_thread(14, data(1, req, 4, b"\r\n")),
+                on_thread(15, data(1, resp, 5, OK)),
+            ]);
+            assert_eq!(finished(&out).len(), 2, "{role:?} {req:?}");
+            assert_eq!(
+                numbering(&out),
+                [(1, 0, 11), (2, 1, 12)],
+                "{role:?} {req:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_are_numbered_per_connection_across_fds_and_revivals() {
+        let mut tracker = Tracker::new(TrackerConfig {
+            idle_timeout_ns: 100,
+            max_pending: 1,
+            ..TrackerConfig::default()
+        });
+        let mut out = run(
+            &mut tracker,
+            &[
+                open(1, RoleHint::Client),
+                data(1, Out, 1, GET),
+                // A dup of fd 1.
+                open(2, RoleHint::Unknown),
+                data(2, In, 2, OK),
+                // The second is abandoned (queue full) but numbered.
+                data(2, Out, 3, b"GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n"),
+                data(1, In, 4, OK),
+                data(1, In, 5, OK),
+                // Another socket numbers its own requests.
+                open_sock(3, T, RoleHint::Client, LOCAL, "10.0.0.2:40001"),
+                data(3, Out, 6, GET),
+                data(3, In, 7, OK),
+            ],
+        );
+        tracker.expire(200, &mut out);
+        assert!(tracker.is_empty());
+        out.extend(run(
+            &mut tracker,
+            &[
+                data(2, Out, 300, GET),
+                data(1, In, 301, OK),
+                // A cut head is numbered too.
+                cut(1, Out, 302, 500, b"GET /d HTTP/1.1\r\nCookie: x"),
+                data(2, In, 303, OK),
+                close(1, 304),
+                close(2, 305),
+                // A new socket with the same addresses starts again from 0.
+                open(4, RoleHint::Client),
+                data(4, Out, 306, GET),
+            ],
+        ));
+        assert_eq!(abandoned(&out), [(3, AbandonReason::QueueFull)]);
+        assert_eq!(finished(&out).len(), 5);
+        assert_eq!(
+            numbering(&out),
+            [
+                (1, 0, T),
+                (2, 1, T),
+                (3, 2, T),
+                (4, 0, T),
+                (5, 3, T),
+                (6, 4, T),
+                (7, 0, T)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_traceparent_is_counted_once_its_request_started() {
+        let out = track(&[
+            open(1, RoleHint::Server),
+            data(
+                1,
+                In,
+                1,
+                b"GET /a HTTP/1.1\r\ntraceparent: 00-abc-01\r\n\r\n",
+            ),
+            data(1, Out, 2, OK),
+        ]);
+        let [Observation::Started(s), Observation::Anomaly(Anomaly::BadTraceparent), Observation::Finished(f)] =
+            &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!((&s.request.trace, &f.request.trace), (&None, &None));
+        // A response's trace context is not even read.
+        let out = track(&[
+            open(1, RoleHint::Client),
+            data(1, Out, 1, GET),
+            data(
+                1,
+                In,
+                2,
+                b"HTTP/1.1 200 OK\r\ntraceparent: 00-abc-01\r\nContent-Length: 0\r\n\r\n",
+            ),
+        ]);
+        assert_eq!(anomalies(&out), []);
+        assert_eq!(finished(&out), [(1, 200, 1, 2, true)]);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! What the pairing stage (`conn::Tracker`) hands to aggregation: requests
 //! that started, exchanges that finished, and anomalies to count.
 //!
-//! Nothing here holds a query string, a header value or a body: paths are cut
-//! at `?` by the parser, so no later stage can leak them.
+//! Nothing here holds a query string, a body or a header value other than
+//! the W3C trace context (`traceparent`, `tracestate`): paths are cut at `?`
+//! by the parser, so no later stage can leak them.
 use std::net::SocketAddr;
 
 /// Which side of the exchange the observed process is on.
@@ -27,6 +28,31 @@ pub struct Request {
     pub path_truncated: bool,
     /// `1.0` or `1.1`.
     pub version: &'static str,
+    /// The caller's trace context, when the request carried a valid one.
+    pub trace: Option<TraceParent>,
+}
+
+/// A valid W3C `traceparent` header (Trace Context level 1), with the
+/// `tracestate` that came with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    /// Never all zero.
+    pub trace_id: [u8; 16],
+    /// The caller's span; never all zero.
+    pub parent_id: [u8; 8],
+    /// `trace-flags` as sent (version 00); only the sampled bit for a later
+    /// version, whose other flags level 1 does not define.
+    pub flags: u8,
+    /// The `tracestate` list, members joined by `,` without the optional
+    /// whitespace; None when absent or invalid.
+    pub tracestate: Option<String>,
+}
+
+impl TraceParent {
+    /// The caller may have recorded its span (flag `sampled`).
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
 }
 
 /// Identity of one request, unique for the life of the daemon.
@@ -50,6 +76,13 @@ pub struct Started {
     pub request: Request,
     /// Monotonic ns of the first request byte (read by a server, written by a client).
     pub start_ns: u64,
+    /// Thread that moved the first request byte: the reader for a server,
+    /// the writer for a client.
+    pub tid: u32,
+    /// 0-based position of the request among the request heads seen on its
+    /// connection (across its fds and idle periods). Both ends of a socket
+    /// number its requests alike unless bytes were lost on one of them.
+    pub seq: u64,
 }
 
 /// A request and its final response, paired.
@@ -61,6 +94,9 @@ pub struct Finished {
     /// Final status (never 1xx).
     pub status: u16,
     pub start_ns: u64,
+    /// As in `Started`.
+    pub tid: u32,
+    pub seq: u64,
     /// Monotonic ns of the last response byte (written by a server, read by a client).
     pub end_ns: u64,
     /// Request and response body sizes (decoded size for chunked bodies).
@@ -116,6 +152,8 @@ pub enum Anomaly {
     UnknownConnection,
     /// Connection table full: a new connection was not tracked.
     TooManyConnections,
+    /// A request's `traceparent` is malformed (or sent twice): ignored.
+    BadTraceparent,
 }
 
 impl Anomaly {
@@ -128,6 +166,7 @@ impl Anomaly {
             Anomaly::UnpairedResponse => "unpaired_response",
             Anomaly::UnknownConnection => "unknown_connection",
             Anomaly::TooManyConnections => "too_many_connections",
+            Anomaly::BadTraceparent => "bad_traceparent",
         }
     }
 }

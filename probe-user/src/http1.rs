@@ -4,10 +4,14 @@
 //! It is fed each socket read or write in order and reports message
 //! boundaries with timestamps: a head (request line or status code), then the
 //! end of the message once its body is framed out (RFC 9112 §6.3). It keeps
-//! only what framing needs (Content-Length, Transfer-Encoding), never a header
-//! value or a body byte, and survives what the kernel hands it: heads split
-//! anywhere, pipelined messages, tails the kernel did not copy, garbage.
+//! only what framing needs (Content-Length, Transfer-Encoding) and a request's
+//! trace context (`trace_context`), never another header value or a body
+//! byte, and survives what the kernel hands it: heads split anywhere,
+//! pipelined messages, tails the kernel did not copy, garbage.
+mod trace_context;
+
 use crate::exchange::{Anomaly, Request};
+use trace_context::TraceHeaders;
 
 /// Longest head kept while waiting for its end (RFC 9112 leaves it to us;
 /// 16 KiB is more than any common server accepts by default).
@@ -55,22 +59,33 @@ impl Answering {
     }
 }
 
+/// A request head as [`Parser::next`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub request: Request,
+    /// Time and thread of the read or write holding its first byte.
+    pub start_ns: u64,
+    pub tid: u32,
+    /// The kernel did not copy the rest of the read or write holding it, so
+    /// its framing is unknown; the parser has lost sync (no `End` follows)
+    /// and waits for a read or write starting a message.
+    pub cut: bool,
+    /// It carried a `traceparent` that is not valid: ignored, `request.trace`
+    /// is None.
+    pub bad_traceparent: bool,
+}
+
 /// A message boundary found by [`Parser::next`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// A request head. `start_ns` is the time of the read or write holding
-    /// its first byte. `cut`: the kernel did not copy the rest of the read or
-    /// write holding it, so its framing is unknown; the parser has lost sync
-    /// (no `End` follows) and waits for a read or write starting a message.
-    Request {
-        request: Request,
-        start_ns: u64,
-        cut: bool,
-    },
+    Request(RequestHead),
     /// A response head. `tunnel`: the connection stops carrying HTTP after
     /// it (101 Switching Protocols, 2xx to CONNECT); the parser ignores the
     /// rest of its stream, the caller should stop the other one.
-    Response { status: u16, tunnel: bool },
+    Response {
+        status: u16,
+        tunnel: bool,
+    },
     /// The end of the message whose head came last. `body_bytes` is the
     /// decoded body size; `end_ns` the time of the read or write holding its
     /// last byte. `complete` is false only from [`Parser::close`], when the
@@ -93,16 +108,19 @@ pub struct Input<'a> {
     /// Bytes moved after `bytes` that the kernel did not copy.
     missing: u64,
     ts_ns: u64,
+    tid: u32,
 }
 
 impl<'a> Input<'a> {
-    /// `payload` is the captured prefix of the `total_len` bytes moved.
-    pub fn new(payload: &'a [u8], total_len: u32, ts_ns: u64) -> Self {
+    /// `payload` is the captured prefix of the `total_len` bytes moved at
+    /// `ts_ns` by thread `tid`.
+    pub fn new(payload: &'a [u8], total_len: u32, ts_ns: u64, tid: u32) -> Self {
         Input {
             bytes: payload,
             pos: 0,
             missing: u64::from(total_len).saturating_sub(payload.len() as u64),
             ts_ns,
+            tid,
         }
     }
 
@@ -216,6 +234,7 @@ pub struct Parser {
     /// The current message's head made the connection a tunnel.
     tunnel_next: bool,
     start_ns: u64,
+    start_tid: u32,
     last_ns: u64,
     body_bytes: u64,
 }
@@ -229,6 +248,7 @@ impl Parser {
             eol: 0,
             tunnel_next: false,
             start_ns: 0,
+            start_tid: 0,
             last_ns: 0,
             body_bytes: 0,
         }
@@ -297,6 +317,7 @@ impl Parser {
         if !input.rest().is_empty() {
             self.state = State::Head;
             self.start_ns = input.ts_ns;
+            self.start_tid = input.tid;
             self.body_bytes = 0;
             self.tunnel_next = false;
             return Step::Again;
@@ -356,18 +377,24 @@ impl Parser {
             Some(Kind::Response) => Err(Anomaly::Gap),
             _ => cut_request(&self.head),
         };
-        let start_ns = self.start_ns;
         match cut {
-            Ok(request) => {
+            Ok(parsed) => {
+                let output = self.request_head(parsed, true);
                 self.unsync(input);
-                Step::Emit(Output::Request {
-                    request,
-                    start_ns,
-                    cut: true,
-                })
+                Step::Emit(output)
             }
             Err(why) => Step::Emit(self.lose_sync(input, why)),
         }
+    }
+
+    fn request_head(&self, parsed: ParsedRequest, cut: bool) -> Output {
+        Output::Request(RequestHead {
+            request: parsed.request,
+            start_ns: self.start_ns,
+            tid: self.start_tid,
+            cut,
+            bad_traceparent: parsed.bad_traceparent,
+        })
     }
 
     /// Sets up the body of a parsed head and reports the head.
@@ -378,7 +405,7 @@ impl Parser {
         answering: Answering,
     ) -> Result<Output, Anomaly> {
         let (body, output) = match start {
-            StartLine::Request(request) => {
+            StartLine::Request(parsed) => {
                 let body = match framing.transfer_encoding {
                     Some(Coding::Chunked) => Body::Chunked(Chunked::Size {
                         value: 0,
@@ -388,15 +415,7 @@ impl Parser {
                     Some(Coding::Other) => return Err(Anomaly::BadHead),
                     None => Body::Length(framing.content_length.unwrap_or(0)),
                 };
-                let start_ns = self.start_ns;
-                (
-                    body,
-                    Output::Request {
-                        request,
-                        start_ns,
-                        cut: false,
-                    },
-                )
+                (body, self.request_head(parsed, false))
             }
             StartLine::Response(status) => {
                 let tunnel = status == 101
@@ -606,17 +625,23 @@ impl Chunked {
 }
 
 /// Finds the end of a head (the LF of its empty line) in `bytes`; `eol`
-/// carries how earlier bytes ended across calls.
+/// carries how earlier bytes ended across calls: 0 inside a line, 1 after
+/// LF, 2 after LF CR. Jumps from LF to LF: the scan of every head byte is
+/// the parser's hottest loop.
 fn find_head_end(bytes: &[u8], eol: &mut u8) -> Option<usize> {
-    for (i, &b) in bytes.iter().enumerate() {
-        *eol = match (b, *eol) {
-            (b'\n', 1 | 2) => return Some(i + 1),
-            (b'\n', _) => 1,
-            (b'\r', 1) => 2,
-            _ => 0,
-        };
+    let mut i = 0;
+    loop {
+        if *eol == 0 {
+            i += bytes[i..].iter().position(|&b| b == b'\n')? + 1;
+            *eol = 1;
+        }
+        match (bytes.get(i)?, *eol) {
+            (b'\n', _) => return Some(i + 1),
+            (b'\r', 1) => *eol = 2,
+            _ => *eol = 0,
+        }
+        i += 1;
     }
-    None
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -691,16 +716,38 @@ fn is_target_byte(b: u8) -> bool {
     b > b' ' && b != 0x7f
 }
 
+/// `tchar` (RFC 9110 §5.6.2) by byte: every field name is checked.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    let symbols = b"!#$%&'*+-.^_`|~";
+    while i < symbols.len() {
+        table[symbols[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 fn is_token(name: &[u8]) -> bool {
-    !name.is_empty()
-        && name
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.iter().all(|&b| TCHAR[usize::from(b)])
 }
 
 enum StartLine {
-    Request(Request),
+    Request(ParsedRequest),
     Response(u16),
+}
+
+struct ParsedRequest {
+    /// With its trace context, when the head carried a valid one.
+    request: Request,
+    /// The head carried a `traceparent` that is not valid.
+    bad_traceparent: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -733,24 +780,41 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 fn parse_head(head: &[u8], kind: Option<Kind>) -> Result<(StartLine, Framing), Anomaly> {
     let (first, mut rest) = split_line(head);
     let is_response = first.starts_with(b"HTTP/");
-    let start = match (is_response, kind) {
+    let mut start = match (is_response, kind) {
         (true, Some(Kind::Request)) | (false, Some(Kind::Response)) => {
             return Err(Anomaly::BadHead)
         }
         (true, _) => StartLine::Response(status_line(first).ok_or(Anomaly::BadHead)?),
         (false, _) => {
             let line = request_line(first, true).ok_or(Anomaly::BadHead)?;
-            StartLine::Request(line.request().ok_or(Anomaly::BadHead)?)
+            StartLine::Request(ParsedRequest {
+                request: line.request().ok_or(Anomaly::BadHead)?,
+                bad_traceparent: false,
+            })
         }
     };
+    // Only a request's trace context is of use: a response's is not even read.
+    let is_request = matches!(start, StartLine::Request(_));
     let mut framing = Framing::default();
+    let mut trace = TraceHeaders::default();
     while let Some(bytes) = rest {
         let (line, next) = split_line(bytes);
         if line.is_empty() {
             break;
         }
-        header_line(line, &mut framing)?;
+        match field_line(line).ok_or(Anomaly::BadHead)? {
+            FieldLine::Fold => trace.fold(),
+            FieldLine::Field(field, value) => {
+                framing.read(field, value)?;
+                if is_request {
+                    trace.read(field, value);
+                }
+            }
+        }
         rest = next;
+    }
+    if let StartLine::Request(parsed) = &mut start {
+        parsed.bad_traceparent = trace.attach(&mut parsed.request);
     }
     Ok((start, framing))
 }
@@ -779,44 +843,80 @@ fn http_version(v: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Reads a framing header; every other header is only checked for shape.
-fn header_line(line: &[u8], framing: &mut Framing) -> Result<(), Anomaly> {
-    // obs-fold continuation lines (RFC 9112 §5.2) continue a header this
-    // parser does not keep.
+/// The fields whose values the parser reads; any other is only checked
+/// for shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Traceparent,
+    Tracestate,
+}
+
+impl Field {
+    /// At most one comparison per field line: the lengths of these names
+    /// differ.
+    fn of(name: &[u8]) -> Option<Field> {
+        let (known, field): (&[u8], _) = match name.len() {
+            10 => (b"tracestate", Field::Tracestate),
+            11 => (b"traceparent", Field::Traceparent),
+            14 => (b"content-length", Field::ContentLength),
+            17 => (b"transfer-encoding", Field::TransferEncoding),
+            _ => return None,
+        };
+        name.eq_ignore_ascii_case(known).then_some(field)
+    }
+}
+
+enum FieldLine<'a> {
+    /// An obs-fold line (RFC 9112 §5.2): more of the previous field's value.
+    Fold,
+    /// A field line: which one, if read, and its value (untrimmed).
+    Field(Option<Field>, &'a [u8]),
+}
+
+/// A non-empty line of a head's field section; None when malformed.
+fn field_line(line: &[u8]) -> Option<FieldLine<'_>> {
     if line[0] == b' ' || line[0] == b'\t' {
-        return Ok(());
+        return Some(FieldLine::Fold);
     }
-    let colon = line
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(Anomaly::BadHead)?;
-    let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-    if !is_token(name) {
-        return Err(Anomaly::BadHead);
-    }
-    if name.eq_ignore_ascii_case(b"content-length") {
-        // RFC 9110 §8.6: a list of identical values is one value; anything
-        // else is unrecoverable framing.
-        for item in value.split(|&b| b == b',') {
-            let n = decimal(item.trim_ascii()).ok_or(Anomaly::BadHead)?;
-            if framing.content_length.is_some_and(|seen| seen != n) {
-                return Err(Anomaly::BadHead);
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = &line[..colon];
+    is_token(name).then(|| FieldLine::Field(Field::of(name), &line[colon + 1..]))
+}
+
+impl Framing {
+    /// Reads a framing field; other fields are left alone, and so are
+    /// obs-fold continuations (never seen on framing fields in practice).
+    fn read(&mut self, field: Option<Field>, value: &[u8]) -> Result<(), Anomaly> {
+        match field {
+            Some(Field::ContentLength) => {
+                // RFC 9110 §8.6: a list of identical values is one value;
+                // anything else is unrecoverable framing.
+                for item in value.split(|&b| b == b',') {
+                    let n = decimal(item.trim_ascii()).ok_or(Anomaly::BadHead)?;
+                    if self.content_length.is_some_and(|seen| seen != n) {
+                        return Err(Anomaly::BadHead);
+                    }
+                    self.content_length = Some(n);
+                }
             }
-            framing.content_length = Some(n);
+            Some(Field::TransferEncoding) => {
+                let last = value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                self.transfer_encoding = Some(if last.eq_ignore_ascii_case(b"chunked") {
+                    Coding::Chunked
+                } else {
+                    Coding::Other
+                });
+            }
+            _ => {}
         }
-    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-        let last = value
-            .rsplit(|&b| b == b',')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        framing.transfer_encoding = Some(if last.eq_ignore_ascii_case(b"chunked") {
-            Coding::Chunked
-        } else {
-            Coding::Other
-        });
+        Ok(())
     }
-    Ok(())
 }
 
 fn decimal(digits: &[u8]) -> Option<u64> {
@@ -845,6 +945,7 @@ impl RequestLine<'_> {
             path_truncated: cut || path.len() > MAX_PATH,
             // A cut line without its version: HTTP/1.1 is what is spoken.
             version: self.version.unwrap_or("1.1"),
+            trace: None,
         })
     }
 }
@@ -884,15 +985,35 @@ fn request_line(line: &[u8], complete: bool) -> Option<RequestLine<'_>> {
 /// A request from a head the kernel cut short: usable when its request line
 /// reaches the path. Errors: `BadHead` for a whole but invalid request line,
 /// `Gap` when too little was captured.
-fn cut_request(head: &[u8]) -> Result<Request, Anomaly> {
-    let (line, rest) = split_line(head);
+fn cut_request(head: &[u8]) -> Result<ParsedRequest, Anomaly> {
+    let (line, mut rest) = split_line(head);
     let complete = rest.is_some();
     let line = if complete { line } else { strip_cr(line) };
-    match request_line(line, complete).map(|l| l.request()) {
-        Some(Some(request)) => Ok(request),
-        None if complete => Err(Anomaly::BadHead),
-        _ => Err(Anomaly::Gap),
+    let mut request = match request_line(line, complete).map(|l| l.request()) {
+        Some(Some(request)) => request,
+        None if complete => return Err(Anomaly::BadHead),
+        _ => return Err(Anomaly::Gap),
+    };
+    // Field lines captured whole still tell the trace context (a second
+    // `traceparent` in the lost part goes unseen); a malformed one ends what
+    // can be trusted.
+    let mut trace = TraceHeaders::default();
+    while let Some(bytes) = rest {
+        let (line, next) = split_line(bytes);
+        if next.is_none() || line.is_empty() {
+            break;
+        }
+        match field_line(line) {
+            Some(FieldLine::Fold) => trace.fold(),
+            Some(FieldLine::Field(field, value)) => trace.read(field, value),
+            None => break,
+        }
+        rest = next;
     }
+    Ok(ParsedRequest {
+        bad_traceparent: trace.attach(&mut request),
+        request,
+    })
 }
 
 /// The path of a request target (RFC 9112 §3.2) without query or fragment,
@@ -936,7 +1057,9 @@ fn after_authority(target: &[u8], complete: bool) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
-    /// One read or write: (payload, total_len, ts_ns).
+    /// One read or write: (payload, total_len, ts_ns). The thread that
+    /// moved it is numbered as its time, so that `render` can check that a
+    /// request's thread is its first byte's.
     type Piece<'a> = (&'a [u8], u32, u64);
 
     /// (name, stream kind, request answered, reads or writes, outputs).
@@ -957,19 +1080,25 @@ mod tests {
     /// Outputs rendered compactly, so cases read as a table.
     fn render(o: &Output) -> String {
         match o {
-            Output::Request {
-                request: r,
-                start_ns,
-                cut,
-            } => format!(
-                "req {} {}{} {} @{}{}",
-                r.method,
-                r.path,
-                if r.path_truncated { "…" } else { "" },
-                r.version,
-                start_ns,
-                if *cut { " cut" } else { "" }
-            ),
+            Output::Request(head) => {
+                let r = &head.request;
+                assert_eq!(u64::from(head.tid), head.start_ns, "thread of {r:?}");
+                let trace = match (&r.trace, head.bad_traceparent) {
+                    (Some(t), false) => format!(" trace={:02x}..{:02x}", t.trace_id[0], t.flags),
+                    (None, true) => " bad_traceparent".into(),
+                    (None, false) => String::new(),
+                    (Some(_), true) => panic!("a bad traceparent kept: {head:?}"),
+                };
+                format!(
+                    "req {} {}{} {} @{}{}{trace}",
+                    r.method,
+                    r.path,
+                    if r.path_truncated { "…" } else { "" },
+                    r.version,
+                    head.start_ns,
+                    if head.cut { " cut" } else { "" }
+                )
+            }
             Output::Response { status, tunnel } => {
                 format!("resp {}{}", status, if *tunnel { " tunnel" } else { "" })
             }
@@ -992,7 +1121,7 @@ mod tests {
     fn run(parser: &mut Parser, pieces: &[Piece<'_>], answering: Answering) -> Vec<String> {
         let mut seen = Vec::new();
         for &(payload, total, ts) in pieces {
-            let mut input = Input::new(payload, total, ts);
+            let mut input = Input::new(payload, total, ts, ts as u32);
             while let Some(o) = parser.next(&mut input, answering) {
                 seen.push(render(&o));
             }
@@ -1239,6 +1368,27 @@ mod tests {
                 &[whole(b"GET / HTTP/1.1\r\nX-Long: a\r\n b\r\nContent-Length: 1\r\n\r\nz", 1)],
                 &["req GET / 1.1 @1", "end 1 @1"],
             ),
+            (
+                "a valid traceparent is kept",
+                REQ,
+                Other,
+                &[whole(b"GET /t HTTP/1.1\r\nHost: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n", 1)],
+                &["req GET /t 1.1 @1 trace=4b..01", "end 0 @1"],
+            ),
+            (
+                "a malformed traceparent is flagged, the request kept",
+                REQ,
+                Other,
+                &[whole(b"GET /t HTTP/1.1\r\ntraceparent: 00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01\r\nContent-Length: 1\r\n\r\nz", 1)],
+                &["req GET /t 1.1 @1 bad_traceparent", "end 1 @1"],
+            ),
+            (
+                "a response's traceparent is not read",
+                RESP,
+                Other,
+                &[whole(b"HTTP/1.1 200 OK\r\ntraceparent: garbage\r\ntraceparent: garbage\r\n\r\n", 1)],
+                &["resp 200"],
+            ),
         ];
         for (name, kind, answering, pieces, want) in cases {
             assert_eq!(parse(*kind, *answering, pieces), *want, "case: {name}");
@@ -1292,8 +1442,8 @@ mod tests {
 
     #[test]
     fn every_split_point_of_a_request_yields_one_message() {
-        let req: &[u8] =
-            b"POST /orders/42?debug=1 HTTP/1.1\r\nHost: shop\r\nContent-Length: 4\r\n\r\nbody";
+        let req: &[u8] = b"POST /orders/42?debug=1 HTTP/1.1\r\nHost: shop\r\nContent-Length: 4\r\n\
+            traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\nbody";
         for i in 0..=req.len() {
             for j in i..=req.len() {
                 let pieces = [
@@ -1318,7 +1468,7 @@ mod tests {
                     1
                 };
                 let want = [
-                    format!("req POST /orders/42 1.1 @{head_ts}"),
+                    format!("req POST /orders/42 1.1 @{head_ts} trace=4b..01"),
                     format!("end 4 @{end_ts}"),
                 ];
                 assert_eq!(seen, want, "split at {i}/{j}");
@@ -1599,6 +1749,26 @@ mod tests {
                 b"GET http://h:1/p/q",
                 "req GET /p/q… 1.1 @1 cut",
             ),
+            (
+                "a traceparent captured whole",
+                b"GET /t HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nCookie: 0123",
+                "req GET /t 1.1 @1 cut trace=4b..01",
+            ),
+            (
+                "a malformed traceparent captured whole",
+                b"GET /t HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1\r\nCookie: 0123",
+                "req GET /t 1.1 @1 cut bad_traceparent",
+            ),
+            (
+                "a traceparent cut short is not read",
+                b"GET /t HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "req GET /t 1.1 @1 cut",
+            ),
+            (
+                "a traceparent after a malformed line is not trusted",
+                b"GET /t HTTP/1.1\r\nno colon\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nX",
+                "req GET /t 1.1 @1 cut",
+            ),
         ];
         for (name, captured, want) in cases {
             let pieces = [
@@ -1618,8 +1788,8 @@ mod tests {
     #[test]
     fn long_paths_are_kept_as_a_prefix() {
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(3000));
-        let mut input = Input::new(long.as_bytes(), long.len() as u32, 1);
-        let Some(Output::Request { request, .. }) =
+        let mut input = Input::new(long.as_bytes(), long.len() as u32, 1, 1);
+        let Some(Output::Request(RequestHead { request, .. })) =
             Parser::new(REQ).next(&mut input, Answering::Other)
         else {
             panic!("no request");
@@ -1629,8 +1799,8 @@ mod tests {
             (MAX_PATH, true)
         );
         let exact = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_PATH - 1));
-        let mut input = Input::new(exact.as_bytes(), exact.len() as u32, 1);
-        let Some(Output::Request { request, .. }) =
+        let mut input = Input::new(exact.as_bytes(), exact.len() as u32, 1, 1);
+        let Some(Output::Request(RequestHead { request, .. })) =
             Parser::new(REQ).next(&mut input, Answering::Other)
         else {
             panic!("no request");
@@ -1656,6 +1826,54 @@ mod tests {
         assert!(!p.is_idle());
         run(&mut p, &[whole(b"567890", 2)], Answering::Other);
         assert!(p.is_idle());
+    }
+
+    #[test]
+    fn head_end_is_found_across_any_split() {
+        /// The byte-at-a-time definition.
+        fn reference(bytes: &[u8], eol: &mut u8) -> Option<usize> {
+            for (i, &b) in bytes.iter().enumerate() {
+                *eol = match (b, *eol) {
+                    (b'\n', 1 | 2) => return Some(i + 1),
+                    (b'\n', _) => 1,
+                    (b'\r', 1) => 2,
+                    _ => 0,
+                };
+            }
+            None
+        }
+        // Every string of up to 7 bytes over an alphabet that matters, cut
+        // at every point, from every carried state.
+        let alphabet = [b'\n', b'\r', b'x'];
+        for len in 0..=7u32 {
+            for n in 0..3usize.pow(len) {
+                let bytes: Vec<u8> = (0..len).map(|k| alphabet[n / 3usize.pow(k) % 3]).collect();
+                for cut in 0..=bytes.len() {
+                    for start in 0..=2 {
+                        let (mut a, mut b) = (start, start);
+                        let got = find_head_end(&bytes[..cut], &mut a)
+                            .or_else(|| find_head_end(&bytes[cut..], &mut a).map(|n| cut + n));
+                        let want = reference(&bytes[..cut], &mut b)
+                            .or_else(|| reference(&bytes[cut..], &mut b).map(|n| cut + n));
+                        assert_eq!(got, want, "{bytes:?} cut at {cut}, from {start}");
+                        if want.is_none() {
+                            assert_eq!(a, b, "{bytes:?} cut at {cut}, from {start}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tokens() {
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_token(&[b]), want, "{b:#x}");
+        }
+        assert!(!is_token(b""));
+        assert!(is_token(b"Content-Length"));
+        assert!(!is_token(b"Content Length"));
     }
 
     #[test]

@@ -5,14 +5,17 @@
 //! recorded events in unit tests.
 pub mod btf;
 pub mod cli;
+pub mod clock;
 pub mod conn;
 pub mod event;
 pub mod exchange;
 pub mod http1;
 pub mod loader;
 pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod process;
 pub mod route;
 pub mod server;
 pub mod source;
+pub mod trace;

@@ -17,16 +17,23 @@ use sonde::{
     conn::TrackerConfig,
     loader::{self, Settings},
     metrics::{Aggregator, AggregatorConfig, SelfMetrics},
-    pipeline::{self, Pipeline},
+    otlp,
+    pipeline::{self, Pipeline, Tracing},
     process::{Names, ProcFs},
     route::Limits,
     server::{MetricsServer, Probes},
     source::RingBufSource,
+    trace::{self, Assembler},
 };
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Exit code for usage errors (flags, environment), as clap uses.
 const USAGE: u8 = 2;
+
+/// A configuration error found after parsing (an `OTEL_*` variable).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -63,7 +70,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let msg = format!("{e:#}");
             eprintln!("sonde: {}", msg.replace('\n', " "));
-            ExitCode::FAILURE
+            if e.is::<UsageError>() {
+                ExitCode::from(USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -99,6 +110,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let server = MetricsServer::bind(cli.metrics_addr, registry.clone(), health.clone()).await?;
     let metrics_addr = server.local_addr();
 
+    // Traces are off unless an OTLP endpoint is configured.
+    let export = match otlp::Config::from_cli(&cli) {
+        Ok(Some(config)) => Some(otlp::Exporter::start(config, &registry)?),
+        Ok(None) => None,
+        Err(e) => return Err(UsageError(e.to_string()).into()),
+    };
+    let (span_sender, exporter) = export.unzip();
+
     let proc = ProcFs::default();
     let mut pids = proc.with_descendants(&cli.pids)?;
     if let Some(re) = &cli.exe {
@@ -133,6 +152,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         own,
         cli.exe.clone(),
         proc,
+        span_sender.map(|sender| Tracing::new(Assembler::new(trace::Config::default()), sender)),
     );
     let stop = Arc::new(AtomicBool::new(false));
     // Dropped when the pipeline thread ends, however it ends.
@@ -175,6 +195,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .context("joining the pipeline")?
         .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
     let _ = http.await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     if unexpected {
         anyhow::bail!("the pipeline stopped unexpectedly");
     }

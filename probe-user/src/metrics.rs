@@ -41,7 +41,7 @@ const KNOWN_METHODS: [&str; 9] = [
 ];
 pub const OTHER_METHOD: &str = "_OTHER";
 
-fn method_label(method: &str) -> &'static str {
+pub(crate) fn method_label(method: &str) -> &'static str {
     KNOWN_METHODS
         .iter()
         .find(|&&m| m == method)
@@ -61,7 +61,7 @@ const RESPONSE_LABELS: [&str; 2] = ["http_response_status_code", "network_protoc
 
 /// Every value of the exchange enums, so their counters start at 0. The
 /// matches fail to compile when a variant is added and not listed.
-const ANOMALIES: [Anomaly; 7] = [
+const ANOMALIES: [Anomaly; 8] = [
     Anomaly::BadHead,
     Anomaly::HeadTooLarge,
     Anomaly::BadChunk,
@@ -69,6 +69,7 @@ const ANOMALIES: [Anomaly; 7] = [
     Anomaly::UnpairedResponse,
     Anomaly::UnknownConnection,
     Anomaly::TooManyConnections,
+    Anomaly::BadTraceparent,
 ];
 const _: fn(Anomaly) = |a| match a {
     Anomaly::BadHead
@@ -77,7 +78,8 @@ const _: fn(Anomaly) = |a| match a {
     | Anomaly::Gap
     | Anomaly::UnpairedResponse
     | Anomaly::UnknownConnection
-    | Anomaly::TooManyConnections => {}
+    | Anomaly::TooManyConnections
+    | Anomaly::BadTraceparent => {}
 };
 const ABANDON_REASONS: [AbandonReason; 5] = [
     AbandonReason::ClosedUnanswered,
@@ -674,6 +676,7 @@ mod tests {
             path: path.to_owned(),
             path_truncated: false,
             version: "1.1",
+            trace: None,
         }
     }
 
@@ -683,6 +686,8 @@ mod tests {
             at: endpoint(side),
             request: request(method, path),
             start_ns: 1_000,
+            tid: 1,
+            seq: 0,
         })
     }
 
@@ -700,6 +705,8 @@ mod tests {
             request: request(method, path),
             status,
             start_ns: 1_000,
+            tid: 1,
+            seq: 0,
             end_ns: 1_000 + ms * 1_000_000,
             request_body_bytes: 0,
             response_body_bytes: 300,

@@ -16,14 +16,17 @@ use std::{
 use regex::Regex;
 
 use crate::{
+    clock::monotonic_ns,
     conn::{Tracker, TrackerConfig},
     event::{self, Event},
     exchange::Observation,
     loader::Probe,
     metrics::{Aggregator, SelfMetrics},
+    otlp::{DropReason, SpanSender},
     process::{Names, ProcFs},
     server::Probes,
     source::EventSource,
+    trace::{Assembler, SpanRecord},
 };
 
 /// Where `--exe` matches found after start-up are sent (the kernel's pid
@@ -47,6 +50,42 @@ pub struct Pipeline {
     exe: Option<Regex>,
     proc: ProcFs,
     scratch: Vec<Observation>,
+    /// Present when traces are exported.
+    tracing: Option<Tracing>,
+}
+
+/// The span stages: assembly (ids, parentage, the stitching window) and the
+/// hand-off to the exporter's queue.
+pub struct Tracing {
+    assembler: Assembler,
+    sender: SpanSender,
+    spans: Vec<SpanRecord>,
+    /// `dropped_window` of the assembler already reported to the exporter's counter.
+    window_drops_reported: u64,
+}
+
+impl Tracing {
+    pub fn new(assembler: Assembler, sender: SpanSender) -> Self {
+        Self {
+            assembler,
+            sender,
+            spans: Vec::new(),
+            window_drops_reported: 0,
+        }
+    }
+
+    /// Sends what the assembler emitted; drops are counted by the sender.
+    fn send(&mut self) {
+        for span in self.spans.drain(..) {
+            self.sender.try_send(span);
+        }
+        let dropped = self.assembler.stats().dropped_window;
+        if dropped > self.window_drops_reported {
+            self.sender
+                .count_dropped(DropReason::WindowFull, dropped - self.window_drops_reported);
+            self.window_drops_reported = dropped;
+        }
+    }
 }
 
 impl Pipeline {
@@ -57,6 +96,7 @@ impl Pipeline {
         own: SelfMetrics,
         exe: Option<Regex>,
         proc: ProcFs,
+        tracing: Option<Tracing>,
     ) -> Self {
         Self {
             tracker: Tracker::new(tracker),
@@ -66,6 +106,7 @@ impl Pipeline {
             exe,
             proc,
             scratch: Vec::with_capacity(16),
+            tracing,
         }
     }
 
@@ -104,24 +145,38 @@ impl Pipeline {
         self.tracker.expire(now_ns, &mut self.scratch);
         self.flush();
         self.own.set_connections_tracked(self.tracker.len());
+        if let Some(t) = &mut self.tracing {
+            t.assembler.flush_due(now_ns, &mut t.spans);
+            t.send();
+        }
+    }
+
+    /// At shutdown: spans still held in the stitching window go out now.
+    pub fn finish(&mut self) {
+        if let Some(t) = &mut self.tracing {
+            t.assembler.flush_due(u64::MAX, &mut t.spans);
+            t.send();
+        }
     }
 
     fn flush(&mut self) {
-        for obs in self.scratch.drain(..) {
-            self.aggregator.observe(&obs, &mut self.names);
+        let Self {
+            scratch,
+            aggregator,
+            names,
+            tracing,
+            ..
+        } = self;
+        for obs in scratch.drain(..) {
+            aggregator.observe(&obs, names);
+            if let Some(t) = tracing.as_mut() {
+                t.assembler.observe(&obs, names, &mut t.spans);
+            }
+        }
+        if let Some(t) = tracing.as_mut() {
+            t.send();
         }
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// How often the slower chores run inside the drain loop.
@@ -169,4 +224,5 @@ pub fn run(
     // Whatever is still waiting belongs to traffic seen before the signal.
     let n = source.drain(&mut |rec| pipeline.on_record(rec, &mut probe));
     pipeline.own.record_events_read(n as u64);
+    pipeline.finish();
 }

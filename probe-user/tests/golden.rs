@@ -3,14 +3,15 @@
 //! out, rendered one observation a line, must equal the `.expected` beside
 //! it. The expected files are the specification: write them by hand.
 //! `UPDATE_GOLDEN=1 cargo test -p probe-user --test golden` rewrites them
-//! (then review the diff).
+//! (then review the diff). Privacy: fixtures put the word `secret` in query
+//! strings, bodies and header values; no observation may hold it anywhere.
 //!
 //! Event file format, one event a line (`#` starts a comment):
 //!
 //! ```text
 //! open <conn> <server|client|unknown> <local addr> <peer addr> [tgid=<n>] [ts=<ns>]
-//! in <conn> ts=<ns> [total=<bytes moved>] <payload>
-//! out <conn> ts=<ns> [total=<bytes moved>] <payload>
+//! in <conn> ts=<ns> [total=<bytes moved>] [tid=<n>] <payload>
+//! out <conn> ts=<ns> [total=<bytes moved>] [tid=<n>] <payload>
 //! close <conn> ts=<ns>
 //! exit <tgid>
 //! expire now=<ns>
@@ -19,7 +20,8 @@
 //! A payload is one or more quoted strings (escapes `\r \n \t \\ \" \xHH`),
 //! each optionally repeated with `*<count>`. `total` defaults to the payload
 //! length; a larger one means the kernel copied only the payload (a gap).
-//! `tgid` defaults to 100.
+//! `tgid` defaults to 100; the thread `tid` of a read or write to its
+//! connection's tgid.
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
@@ -28,7 +30,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use sonde::conn::{Tracker, TrackerConfig};
 use sonde::event::{ConnOpen, Data, Direction, Event, RoleHint};
-use sonde::exchange::{Observation, Request, Side};
+use sonde::exchange::{Observation, Request, Side, TraceParent};
 
 const DEFAULT_TGID: u32 = 100;
 
@@ -182,7 +184,7 @@ fn parse_line(line: &str, tgids: &mut HashMap<u64, u32>) -> anyhow::Result<Step>
             Event::Data(Data {
                 conn_id,
                 tgid,
-                tid: tgid,
+                tid: f.get("tid").map_or(Ok(tgid), |&v| u32::try_from(v))?,
                 fd: 3,
                 ts_ns: *f.get("ts").ok_or_else(|| anyhow!("data needs ts="))?,
                 dir: if kind == "in" {
@@ -221,25 +223,45 @@ fn request(r: &Request) -> String {
     } else {
         ""
     };
-    format!("{} {} HTTP/{}{cut}", r.method, r.path, r.version)
+    let trace = r.trace.as_ref().map(trace).unwrap_or_default();
+    format!("{} {} HTTP/{}{cut}{trace}", r.method, r.path, r.version)
+}
+
+fn trace(t: &TraceParent) -> String {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let state = t
+        .tracestate
+        .as_ref()
+        .map(|s| format!(" tracestate=\"{s}\""))
+        .unwrap_or_default();
+    format!(
+        " trace={} parent={} flags={:02x}{state}",
+        hex(&t.trace_id),
+        hex(&t.parent_id),
+        t.flags
+    )
 }
 
 fn render(o: &Observation) -> String {
     match o {
         Observation::Started(s) => format!(
-            "started #{} conn={} {} {} start={}",
+            "started #{} conn={} {} {} seq={} tid={} start={}",
             s.id,
             s.at.conn_id,
             side(s.at.side),
             request(&s.request),
+            s.seq,
+            s.tid,
             s.start_ns
         ),
         Observation::Finished(f) => format!(
-            "finished #{} conn={} {} {} status={} start={} end={} req_body={} resp_body={}{}",
+            "finished #{} conn={} {} {} seq={} tid={} status={} start={} end={} req_body={} resp_body={}{}",
             f.id,
             f.at.conn_id,
             side(f.at.side),
             request(&f.request),
+            f.seq,
+            f.tid,
             f.status,
             f.start_ns,
             f.end_ns,
@@ -259,7 +281,7 @@ fn render(o: &Observation) -> String {
     }
 }
 
-fn replay(steps: &[Step]) -> String {
+fn replay(steps: &[Step]) -> anyhow::Result<String> {
     let mut tracker = Tracker::new(TrackerConfig::default());
     let mut out = Vec::new();
     for step in steps {
@@ -268,7 +290,11 @@ fn replay(steps: &[Step]) -> String {
             Step::Expire(now) => tracker.expire(*now, &mut out),
         }
     }
-    out.iter().map(|o| render(o) + "\n").collect()
+    // Every field of every observation, rendered or not.
+    if format!("{out:?}").contains("secret") {
+        bail!("an observation holds a secret: {out:?}");
+    }
+    Ok(out.iter().map(|o| render(o) + "\n").collect())
 }
 
 #[test]
@@ -292,7 +318,7 @@ fn golden_http1() -> anyhow::Result<()> {
     for events in &cases {
         let steps = parse_events(&fs::read_to_string(events)?)
             .with_context(|| events.display().to_string())?;
-        let got = replay(&steps);
+        let got = replay(&steps).with_context(|| events.display().to_string())?;
         let expected_path = events.with_extension("expected");
         if update {
             fs::write(&expected_path, &got)?;

@@ -27,6 +27,7 @@
 //! every spawned process tied to a guard that ends it when a test fails.
 pub mod clients;
 pub mod names;
+pub mod otlp_receiver;
 pub mod process;
 pub mod prom;
 pub mod servers;
