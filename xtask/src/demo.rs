@@ -32,7 +32,7 @@ const SONDE: &str = "sonde";
 const SERVICE: &str = "demo service";
 const LOAD_GENERATOR: &str = "load generator";
 
-pub fn demo(duration: Option<Duration>) -> Result<()> {
+pub fn demo(duration: Option<Duration>, otlp_endpoint: Option<&str>) -> Result<()> {
     setup::ensure(setup::Scope::Everything, setup::Root::Required)?;
     let sonde = workspace::build_sonde(true)?;
     let log_dir = workspace::target_dir().join("demo");
@@ -41,7 +41,7 @@ pub fn demo(duration: Option<Duration>) -> Result<()> {
     // Caught from here on, so Ctrl-C during start-up also stops the children.
     children::catch_interrupts()?;
     let mut running = Vec::new();
-    let outcome = run(&sonde, &log_dir, duration, &mut running);
+    let outcome = run(&sonde, &log_dir, duration, otlp_endpoint, &mut running);
 
     if !running.is_empty() {
         eprintln!("demo: stopping");
@@ -74,6 +74,7 @@ fn run(
     sonde: &Path,
     log_dir: &Path,
     duration: Option<Duration>,
+    otlp_endpoint: Option<&str>,
     running: &mut Vec<Supervised>,
 ) -> Result<()> {
     let metrics: SocketAddr = METRICS_ADDR.parse()?;
@@ -84,14 +85,20 @@ fn run(
         TcpListener::bind(addr).with_context(|| format!("{addr} is in use; the demo needs it"))?;
     }
 
+    let mut sonde_cmd = Command::new(sonde);
+    sonde_cmd.args([
+        "--metrics-addr",
+        METRICS_ADDR,
+        "--port",
+        &service.port().to_string(),
+    ]);
+    if let Some(endpoint) = otlp_endpoint {
+        sonde_cmd.args(["--otlp-endpoint", endpoint]);
+        eprintln!("demo: spans go to {endpoint}");
+    }
     running.push(Supervised::spawn(
         SONDE,
-        Command::new(sonde).args([
-            "--metrics-addr",
-            METRICS_ADDR,
-            "--port",
-            &service.port().to_string(),
-        ]),
+        &mut sonde_cmd,
         &log_dir.join("sonde.log"),
         libc::SIGINT,
     )?);

@@ -46,6 +46,10 @@ enum Command {
         /// Stop by itself after this many seconds (default: until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
+        /// Also export the demo's spans to this OTLP endpoint (e.g.
+        /// http://127.0.0.1:4317 for gRPC, http://127.0.0.1:4318 for HTTP).
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// fmt, clippy, unit tests, release build and privileged end-to-end tests.
     Test {
@@ -77,7 +81,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             workspace::build_sonde(release)?;
         }
         Command::Run { sonde_args } => run::run(&sonde_args)?,
-        Command::Demo { seconds } => demo::demo(seconds.map(Duration::from_secs))?,
+        Command::Demo {
+            seconds,
+            otlp_endpoint,
+        } => demo::demo(seconds.map(Duration::from_secs), otlp_endpoint.as_deref())?,
         Command::Test { unit, e2e } => {
             // The suite prints its own verdict as its last line.
             if !test_suite::test(test_suite::Selection::from_flags(unit, e2e))? {
