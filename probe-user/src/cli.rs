@@ -13,7 +13,7 @@ use crate::otlp;
     name = "sonde",
     version,
     about = "Zero-instrumentation HTTP monitor: eBPF sees every HTTP/1.x request on the node; \
-             sonde serves them as Prometheus RED metrics."
+             sonde serves them as Prometheus RED metrics and, optionally, as OTLP spans."
 )]
 pub struct Cli {
     /// Address to serve /metrics, /healthz and /readyz on.
