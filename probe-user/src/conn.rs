@@ -841,6 +841,10 @@ impl Conn {
     /// The connection is gone: a response in progress ends where its last
     /// byte was seen; unanswered requests are abandoned for `reason`.
     fn shut(&mut self, reason: AbandonReason, out: &mut Vec<Observation>) {
+        let (requests, responses) = self.streams();
+        if requests.in_head() || responses.in_head() {
+            out.push(Observation::Anomaly(Anomaly::BadHead));
+        }
         if let Some(Output::End {
             body_bytes,
             end_ns,

@@ -275,6 +275,12 @@ impl Parser {
         self.state == State::Idle
     }
 
+    /// A head has begun and not ended: at a close, a message that will never
+    /// be whole (garbage after a method, a client that gave up mid-head).
+    pub fn in_head(&self) -> bool {
+        self.state == State::Head
+    }
+
     /// The next message boundary in `input`, or None once `input` is used up.
     /// Call it until it returns None. `answering` describes the request the
     /// next response head answers (ignored for requests).
