@@ -89,6 +89,19 @@ pub struct Cli {
     /// sampled is always exported; one that says not sampled never is.
     #[arg(long, env = "SONDE_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
     pub trace_sample_ratio: f64,
+
+    /// Also push every metric of /metrics over OTLP, for users without
+    /// Prometheus: same endpoint, protocol, headers and timeout as traces,
+    /// except that OTEL_EXPORTER_OTLP_METRICS_* variables override the
+    /// general ones. Needs an OTLP endpoint.
+    #[arg(long, env = "SONDE_OTLP_METRICS")]
+    pub otlp_metrics: bool,
+
+    /// Seconds between OTLP metric exports. Unset:
+    /// OTEL_METRIC_EXPORT_INTERVAL (milliseconds), else 15.
+    #[arg(long, env = "SONDE_OTLP_METRICS_INTERVAL_SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub otlp_metrics_interval_secs: Option<u64>,
 }
 
 impl Cli {
@@ -165,6 +178,33 @@ mod tests {
         assert_eq!(c.otlp_endpoint, None);
         assert_eq!(c.otlp_protocol, None);
         assert_eq!(c.trace_sample_ratio, 1.0);
+        assert!(!c.otlp_metrics);
+        assert_eq!(c.otlp_metrics_interval_secs, None);
+    }
+
+    #[test]
+    fn otlp_metrics_flags_and_variables() {
+        for (args, env, expected) in [
+            (&[][..], &[("SONDE_OTLP_METRICS", "true")][..], (true, None)),
+            (&[], &[("SONDE_OTLP_METRICS", "false")], (false, None)),
+            (
+                &["--otlp-metrics", "--otlp-metrics-interval-secs", "5"],
+                &[("SONDE_OTLP_METRICS_INTERVAL_SECS", "60")],
+                (true, Some(5)),
+            ),
+            (
+                &[],
+                &[("SONDE_OTLP_METRICS_INTERVAL_SECS", "60")],
+                (false, Some(60)),
+            ),
+        ] {
+            let c = parse_with_env(args, env).unwrap();
+            assert_eq!(
+                (c.otlp_metrics, c.otlp_metrics_interval_secs),
+                expected,
+                "{args:?} {env:?}"
+            );
+        }
     }
 
     #[test]
@@ -237,6 +277,10 @@ mod tests {
             (&["--trace-sample-ratio", "1.5"], "--trace-sample-ratio"),
             (&["--trace-sample-ratio=-0.1"], "--trace-sample-ratio"),
             (&["--trace-sample-ratio", "NaN"], "--trace-sample-ratio"),
+            (
+                &["--otlp-metrics-interval-secs", "0"],
+                "--otlp-metrics-interval-secs",
+            ),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(flag), "{args:?}: {err}");

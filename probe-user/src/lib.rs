@@ -13,6 +13,7 @@ pub mod http1;
 pub mod loader;
 pub mod metrics;
 pub mod otlp;
+pub mod otlp_metrics;
 pub mod pipeline;
 pub mod process;
 pub mod route;

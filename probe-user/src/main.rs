@@ -17,7 +17,7 @@ use sonde::{
     conn::TrackerConfig,
     loader::{self, Settings},
     metrics::{Aggregator, AggregatorConfig, SelfMetrics},
-    otlp,
+    otlp, otlp_metrics,
     pipeline::{self, Pipeline, Tracing},
     process::{Names, ProcFs},
     route::Limits,
@@ -117,6 +117,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Err(e) => return Err(UsageError(e.to_string()).into()),
     };
     let (span_sender, exporter) = export.unzip();
+    // Metrics go over OTLP too only when asked, to the same collector.
+    let metrics_export = match otlp_metrics::Config::from_cli(&cli) {
+        Ok(Some(config)) => Some(otlp_metrics::start(config, &registry)?),
+        Ok(None) => None,
+        Err(e) => return Err(UsageError(e.to_string()).into()),
+    };
 
     let proc = ProcFs::default();
     let mut pids = proc.with_descendants(&cli.pids)?;
@@ -197,6 +203,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let _ = http.await;
     if let Some(exporter) = exporter {
         exporter.shutdown().await;
+    }
+    // After the pipeline: the last export carries its final counts.
+    if let Some(metrics_export) = metrics_export {
+        metrics_export.shutdown().await;
     }
     if unexpected {
         anyhow::bail!("the pipeline stopped unexpectedly");

@@ -208,7 +208,7 @@ fn endpoint_url(uri: &Uri, origin: Origin, protocol: Protocol) -> String {
 
 /// An unusable value in a standard variable is ignored with a warning, as
 /// the OpenTelemetry specification asks.
-fn protocol_from(name: &str, var: &dyn Fn(&str) -> Option<String>) -> Option<Protocol> {
+pub(crate) fn protocol_from(name: &str, var: &dyn Fn(&str) -> Option<String>) -> Option<Protocol> {
     let value = var(name)?;
     let protocol = <Protocol as clap::ValueEnum>::from_str(value.trim(), false).ok();
     if protocol.is_none() {
@@ -218,7 +218,7 @@ fn protocol_from(name: &str, var: &dyn Fn(&str) -> Option<String>) -> Option<Pro
 }
 
 /// Milliseconds, as the specification defines the variable.
-fn timeout_from(name: &str, var: &dyn Fn(&str) -> Option<String>) -> Option<Duration> {
+pub(crate) fn timeout_from(name: &str, var: &dyn Fn(&str) -> Option<String>) -> Option<Duration> {
     let value = var(name)?;
     match value.trim().parse::<u64>() {
         Ok(ms) if ms > 0 => Some(Duration::from_millis(ms)),
@@ -229,7 +229,7 @@ fn timeout_from(name: &str, var: &dyn Fn(&str) -> Option<String>) -> Option<Dura
     }
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_default()

@@ -1,7 +1,8 @@
-//! A real OTLP trace receiver, in the test process: the `TraceService/Export`
-//! gRPC service from `opentelemetry-proto` served by tonic, and OTLP/HTTP
-//! (`POST /v1/traces`, protobuf bodies) served by hyper, each on its own
-//! loopback port. It keeps every request it accepts so tests can assert on
+//! A real OTLP receiver for traces and metrics, in the test process: the
+//! `TraceService/Export` and `MetricsService/Export` gRPC services from
+//! `opentelemetry-proto` served by tonic, and OTLP/HTTP (`POST /v1/traces`,
+//! `POST /v1/metrics`, protobuf bodies) served by hyper, each transport on its
+//! own loopback port. It keeps every request it accepts so tests can assert on
 //! exactly what sonde put on the wire, and it can be stopped and started
 //! again on the same ports to play a collector that goes away.
 //!
@@ -21,17 +22,25 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        trace_service_server::{TraceService, TraceServiceServer},
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    collector::{
+        metrics::v1::{
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        },
+        trace::v1::{
+            trace_service_server::{TraceService, TraceServiceServer},
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        },
     },
     common::v1::{any_value, KeyValue},
+    metrics::v1::{metric::Data, HistogramDataPoint, Metric, NumberDataPoint},
     trace::v1::Span,
 };
 use prost::Message as _;
 use tokio::{net::TcpListener, runtime::Runtime, sync::oneshot, task::JoinSet};
 
 pub const TRACES_PATH: &str = "/v1/traces";
+pub const METRICS_PATH: &str = "/v1/metrics";
 const PROTOBUF: &str = "application/x-protobuf";
 /// Bound on waiting for a server to let go of its port.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -102,6 +111,69 @@ impl ReceivedSpan {
     }
 }
 
+/// One accepted metrics export request.
+#[derive(Clone, Debug)]
+pub struct MetricsExport {
+    pub transport: Transport,
+    /// HTTP headers or gRPC metadata (ASCII values), names in lower case.
+    pub headers: HashMap<String, String>,
+    pub request: ExportMetricsServiceRequest,
+}
+
+/// One received metric with what it inherits from its envelope.
+#[derive(Clone, Debug)]
+pub struct ReceivedMetric {
+    pub transport: Transport,
+    pub resource: Vec<KeyValue>,
+    pub scope_name: String,
+    pub scope_version: String,
+    pub metric: Metric,
+}
+
+impl ReceivedMetric {
+    pub fn name(&self) -> &str {
+        &self.metric.name
+    }
+
+    pub fn resource_str(&self, key: &str) -> Option<&str> {
+        as_str(find(&self.resource, key))
+    }
+
+    pub fn resource_int(&self, key: &str) -> Option<i64> {
+        as_int(find(&self.resource, key))
+    }
+
+    /// The histogram point whose string attributes include all of `subset`.
+    pub fn histogram_point(&self, subset: &[(&str, &str)]) -> Option<&HistogramDataPoint> {
+        match &self.metric.data {
+            Some(Data::Histogram(h)) => h
+                .data_points
+                .iter()
+                .find(|p| has_attributes(&p.attributes, subset)),
+            _ => None,
+        }
+    }
+
+    /// The Sum or Gauge point whose string attributes include all of `subset`.
+    pub fn number_point(&self, subset: &[(&str, &str)]) -> Option<&NumberDataPoint> {
+        let points = match &self.metric.data {
+            Some(Data::Sum(sum)) => &sum.data_points,
+            Some(Data::Gauge(gauge)) => &gauge.data_points,
+            _ => return None,
+        };
+        points
+            .iter()
+            .find(|p| has_attributes(&p.attributes, subset))
+    }
+}
+
+/// Whether every `(key, value)` of `subset` is a string attribute in `attributes`.
+pub fn has_attributes(attributes: &[KeyValue], subset: &[(&str, &str)]) -> bool {
+    subset
+        .iter()
+        .all(|(key, value)| as_str(find(attributes, key)) == Some(*value))
+}
+
 fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
     attributes
         .iter()
@@ -129,12 +201,20 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 type Exports = Arc<Mutex<Vec<Export>>>;
+type MetricsExports = Arc<Mutex<Vec<MetricsExport>>>;
 
-fn lock(exports: &Exports) -> MutexGuard<'_, Vec<Export>> {
+fn lock<T>(exports: &Mutex<Vec<T>>) -> MutexGuard<'_, Vec<T>> {
     // A panicking test thread cannot leave the Vec half-written.
     exports
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What both transports store into.
+#[derive(Clone, Default)]
+struct Stores {
+    traces: Exports,
+    metrics: MetricsExports,
 }
 
 /// The servers while they run: a stop signal and a completion report each.
@@ -148,7 +228,7 @@ pub struct OtlpReceiver {
     runtime: Option<Runtime>,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
-    exports: Exports,
+    stores: Stores,
     running: Option<Running>,
 }
 
@@ -168,7 +248,7 @@ impl OtlpReceiver {
             grpc_addr: grpc.local_addr()?,
             http_addr: http.local_addr()?,
             runtime: Some(runtime),
-            exports: Exports::default(),
+            stores: Stores::default(),
             running: None,
         };
         receiver.serve(grpc, http)?;
@@ -231,14 +311,18 @@ impl OtlpReceiver {
         let (done_tx, done) = mpsc::channel();
         let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
         let (http_stop, http_stopped) = oneshot::channel::<()>();
-        let service = TraceServiceServer::new(Collector {
-            exports: self.exports.clone(),
+        let traces = TraceServiceServer::new(Collector {
+            stores: self.stores.clone(),
+        });
+        let metrics = MetricsServiceServer::new(Collector {
+            stores: self.stores.clone(),
         });
         let grpc_done = done_tx.clone();
         let grpc_task = runtime.spawn(async move {
             let _ = tonic::transport::Server::builder()
+                .add_service(traces)
+                .add_service(metrics)
                 .serve_with_incoming_shutdown(
-                    service,
                     tonic::transport::server::TcpIncoming::from(grpc_listener),
                     async {
                         let _ = grpc_stopped.await;
@@ -249,7 +333,7 @@ impl OtlpReceiver {
         });
         let http_task = runtime.spawn(serve_http(
             http_listener,
-            self.exports.clone(),
+            self.stores.clone(),
             http_stopped,
             done_tx,
         ));
@@ -263,12 +347,48 @@ impl OtlpReceiver {
 
     /// Every request accepted so far, in arrival order.
     pub fn exports(&self) -> Vec<Export> {
-        lock(&self.exports).clone()
+        lock(&self.stores.traces).clone()
     }
 
     /// Every span received so far, flattened, in arrival order.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        flatten(&lock(&self.exports))
+        flatten(&lock(&self.stores.traces))
+    }
+
+    /// Every metrics request accepted so far, in arrival order.
+    pub fn metrics_exports(&self) -> Vec<MetricsExport> {
+        lock(&self.stores.metrics).clone()
+    }
+
+    /// Every metric received so far, flattened, in arrival order.
+    pub fn metrics(&self) -> Vec<ReceivedMetric> {
+        flatten_metrics(&lock(&self.stores.metrics))
+    }
+
+    /// The last metric received under `name`: with cumulative temporality,
+    /// the current totals.
+    pub fn latest_metric(&self, name: &str) -> Option<ReceivedMetric> {
+        self.metrics().into_iter().rev().find(|m| m.name() == name)
+    }
+
+    /// Waits until the last metric received under `name` satisfies `condition`.
+    pub fn wait_for_metric(
+        &self,
+        name: &str,
+        timeout: Duration,
+        condition: impl Fn(&ReceivedMetric) -> bool,
+    ) -> Result<ReceivedMetric> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let latest = self.latest_metric(name);
+            match latest {
+                Some(metric) if condition(&metric) => return Ok(metric),
+                _ if Instant::now() >= deadline => {
+                    bail!("no {name} as expected after {timeout:?}; the last one: {latest:#?}")
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 
     pub fn spans_named(&self, name: &str) -> Vec<ReceivedSpan> {
@@ -278,9 +398,10 @@ impl OtlpReceiver {
             .collect()
     }
 
-    /// Forgets what was received.
+    /// Forgets what was received, spans and metrics.
     pub fn clear(&self) {
-        lock(&self.exports).clear();
+        lock(&self.stores.traces).clear();
+        lock(&self.stores.metrics).clear();
     }
 
     /// Waits until at least `count` spans have arrived.
@@ -341,8 +462,46 @@ fn flatten(exports: &[Export]) -> Vec<ReceivedSpan> {
     spans
 }
 
+fn flatten_metrics(exports: &[MetricsExport]) -> Vec<ReceivedMetric> {
+    let mut metrics = Vec::new();
+    for export in exports {
+        for resource_metrics in &export.request.resource_metrics {
+            let resource = resource_metrics
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.clone())
+                .unwrap_or_default();
+            for scope_metrics in &resource_metrics.scope_metrics {
+                let (scope_name, scope_version) = scope_metrics
+                    .scope
+                    .as_ref()
+                    .map(|s| (s.name.clone(), s.version.clone()))
+                    .unwrap_or_default();
+                metrics.extend(scope_metrics.metrics.iter().map(|metric| ReceivedMetric {
+                    transport: export.transport,
+                    resource: resource.clone(),
+                    scope_name: scope_name.clone(),
+                    scope_version: scope_version.clone(),
+                    metric: metric.clone(),
+                }));
+            }
+        }
+    }
+    metrics
+}
+
 struct Collector {
-    exports: Exports,
+    stores: Stores,
+}
+
+fn grpc_headers<T>(request: &tonic::Request<T>) -> HashMap<String, String> {
+    request
+        .metadata()
+        .clone()
+        .into_headers()
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -351,19 +510,27 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let headers = request
-            .metadata()
-            .clone()
-            .into_headers()
-            .iter()
-            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
-            .collect();
-        lock(&self.exports).push(Export {
+        lock(&self.stores.traces).push(Export {
             transport: Transport::Grpc,
-            headers,
+            headers: grpc_headers(&request),
             request: request.into_inner(),
         });
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        lock(&self.stores.metrics).push(MetricsExport {
+            transport: Transport::Grpc,
+            headers: grpc_headers(&request),
+            request: request.into_inner(),
+        });
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 
@@ -371,7 +538,7 @@ impl TraceService for Collector {
 /// set owned by this task, so stopping closes them all.
 async fn serve_http(
     listener: TcpListener,
-    exports: Exports,
+    stores: Stores,
     mut stop: oneshot::Receiver<()>,
     done: mpsc::Sender<()>,
 ) {
@@ -381,9 +548,9 @@ async fn serve_http(
             _ = &mut stop => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let exports = exports.clone();
+                let stores = stores.clone();
                 connections.spawn(async move {
-                    let service = service_fn(move |request| handle_http(request, exports.clone()));
+                    let service = service_fn(move |request| handle_http(request, stores.clone()));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -399,51 +566,70 @@ async fn serve_http(
 
 async fn handle_http(
     request: hyper::Request<Incoming>,
-    exports: Exports,
+    stores: Stores,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let reply = |status: StatusCode, body: Bytes| {
-        let mut response = hyper::Response::new(Full::new(body));
-        *response.status_mut() = status;
-        response
+    let path = request.uri().path().to_owned();
+    let accepted = match path.as_str() {
+        TRACES_PATH => decode_http(request).await.map(|(headers, request)| {
+            lock(&stores.traces).push(Export {
+                transport: Transport::Http,
+                headers,
+                request,
+            });
+            ExportTraceServiceResponse::default().encode_to_vec()
+        }),
+        METRICS_PATH => decode_http(request).await.map(|(headers, request)| {
+            lock(&stores.metrics).push(MetricsExport {
+                transport: Transport::Http,
+                headers,
+                request,
+            });
+            ExportMetricsServiceResponse::default().encode_to_vec()
+        }),
+        _ => Err(StatusCode::NOT_FOUND),
     };
-    if request.uri().path() != TRACES_PATH {
-        return Ok(reply(StatusCode::NOT_FOUND, Bytes::new()));
+    let (status, body) = match accepted {
+        Ok(body) => (StatusCode::OK, Bytes::from(body)),
+        Err(status) => (status, Bytes::new()),
+    };
+    let mut response = hyper::Response::new(Full::new(body));
+    *response.status_mut() = status;
+    if status == StatusCode::OK {
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(PROTOBUF),
+        );
     }
+    Ok(response)
+}
+
+/// The headers and decoded body of an OTLP/HTTP protobuf POST, or the
+/// status that refuses it.
+async fn decode_http<R: prost::Message + Default>(
+    request: hyper::Request<Incoming>,
+) -> Result<(HashMap<String, String>, R), StatusCode> {
     if request.method() != Method::POST {
-        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()));
+        return Err(StatusCode::METHOD_NOT_ALLOWED);
     }
     let content_type = request
         .headers()
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     if content_type != Some(PROTOBUF) {
-        return Ok(reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, Bytes::new()));
+        return Err(StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
     let headers = request
         .headers()
         .iter()
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
         .collect();
-    let Ok(body) = request.into_body().collect().await else {
-        return Ok(reply(StatusCode::BAD_REQUEST, Bytes::new()));
-    };
-    let Ok(decoded) = ExportTraceServiceRequest::decode(body.to_bytes()) else {
-        return Ok(reply(StatusCode::BAD_REQUEST, Bytes::new()));
-    };
-    lock(&exports).push(Export {
-        transport: Transport::Http,
-        headers,
-        request: decoded,
-    });
-    let mut response = reply(
-        StatusCode::OK,
-        ExportTraceServiceResponse::default().encode_to_vec().into(),
-    );
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(PROTOBUF),
-    );
-    Ok(response)
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    let decoded = R::decode(body.to_bytes()).map_err(|_| StatusCode::BAD_REQUEST)?;
+    Ok((headers, decoded))
 }
 
 #[cfg(test)]
@@ -623,7 +809,10 @@ mod tests {
         let receiver = OtlpReceiver::start().unwrap();
         let mut conn = crate::clients::HttpConn::connect(receiver.http_addr.port()).unwrap();
         for (method, path, content_type, body, status) in [
-            ("POST", "/v1/metrics", PROTOBUF, &b""[..], 404),
+            ("POST", "/v1/logs", PROTOBUF, &b""[..], 404),
+            ("GET", METRICS_PATH, PROTOBUF, b"", 405),
+            ("POST", METRICS_PATH, PROTOBUF, b"\xff\xff\xff", 400),
+            ("POST", METRICS_PATH, PROTOBUF, b"", 200),
             ("GET", TRACES_PATH, PROTOBUF, b"", 405),
             ("POST", TRACES_PATH, "application/json", b"{}", 415),
             ("POST", TRACES_PATH, PROTOBUF, b"\xff\xff\xff", 400),
@@ -640,8 +829,10 @@ mod tests {
             let response = conn.read_response().unwrap();
             assert_eq!(response.status, status, "{method} {path} {content_type}");
         }
-        // The empty request is a valid one, with no spans.
+        // The empty requests are valid ones, with no spans or metrics.
         assert_eq!(receiver.exports().len(), 1);
         assert!(receiver.spans().is_empty());
+        assert_eq!(receiver.metrics_exports().len(), 1);
+        assert!(receiver.metrics().is_empty());
     }
 }
