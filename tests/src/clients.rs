@@ -150,6 +150,11 @@ impl HttpConn {
         })
     }
 
+    /// This end of the connection, as the server sees its client.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.stream.get_ref().local_addr()?)
+    }
+
     /// Writes `bytes` in one `write` call's worth (retrying short writes).
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
         // Straight to the socket: the reader's buffer only holds unread input.

@@ -10,6 +10,8 @@ pub const SERVER_RESPONSE_BODY: &str = "http_server_response_body_size_bytes";
 pub const CLIENT_DURATION_COUNT: &str = "http_client_request_duration_seconds_count";
 pub const EVENTS_LOST: &str = "sonde_events_lost_total";
 pub const HTTP_ANOMALIES: &str = "sonde_http_anomalies_total";
+pub const SPANS_EXPORTED: &str = "sonde_spans_exported_total";
+pub const SPANS_DROPPED: &str = "sonde_spans_dropped_total";
 
 /// Labels of one server endpoint and status.
 pub fn server<'a>(

@@ -246,6 +246,31 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / per_second)
 }
 
+/// Resident memory of `pid` (`VmRSS`), in bytes: what it allocated, its
+/// code, and file and device mappings such as a BPF ring buffer.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// Resident anonymous memory of `pid` (`RssAnon`), in bytes: its heap,
+/// stacks and other memory it allocated itself.
+pub fn anon_rss_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "RssAnon")
+}
+
+/// A `/proc/PID/status` field given in kB, in bytes.
+fn status_bytes(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .with_context(|| format!("no {field} line in kB in /proc/{pid}/status"))?
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
+}
+
 /// Prints `line` to the real stderr, past libtest's output capture, for
 /// numbers a test run should always show (throughput, counts).
 pub fn report(line: &str) {

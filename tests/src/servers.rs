@@ -1,5 +1,6 @@
 //! Real, uninstrumented servers for sonde to observe: the Python
-//! `http.server` service in `servers/app.py`, nginx, and the Node service in
+//! `http.server` service in `servers/app.py`, chains of Python services
+//! calling each other (`servers/chain.py`), nginx, and the Node service in
 //! `servers/app.js`. Each is stopped when its guard is dropped.
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -102,6 +103,18 @@ pub fn python_forking() -> Server {
             .arg("--fork"),
     )
     .expect("start the forking Python test server")
+}
+
+/// `servers/chain.py`: a service whose `GET /hop` first calls `GET /hop` on
+/// each port of `next`, in order, from the thread serving the request.
+pub fn chain(next: &[u16]) -> Server {
+    let mut command = Command::new(python_interpreter());
+    command.arg(script("chain.py"));
+    for port in next {
+        command.arg("--next").arg(port.to_string());
+    }
+    Server::spawn_announcing_port("python chain.py", &mut command)
+        .expect("start the Python chain service")
 }
 
 /// `servers/app.js`: Node's `http` module (endpoints listed there).

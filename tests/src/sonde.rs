@@ -67,6 +67,16 @@ impl Sonde {
     /// [`start`](Self::start) with the daemon binary at `bin`, for a test
     /// that needs sonde's executable under a name of its own.
     pub fn start_bin(bin: &Path, args: &[String]) -> Result<Sonde> {
+        Sonde::launch(bin, args, &[])
+    }
+
+    /// [`start`](Self::start) with `env` added to sonde's environment, for
+    /// settings only variables carry (the `OTEL_EXPORTER_OTLP_*` ones).
+    pub fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Result<Sonde> {
+        Sonde::launch(&sonde_bin(), args, env)
+    }
+
+    fn launch(bin: &Path, args: &[String], env: &[(&str, &str)]) -> Result<Sonde> {
         if !is_root() {
             bail!("sonde loads eBPF programs: run the end-to-end tests as root");
         }
@@ -84,6 +94,7 @@ impl Sonde {
             .arg("--metrics-addr")
             .arg(metrics.to_string())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
             .stderr(output)
