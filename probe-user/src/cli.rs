@@ -52,7 +52,7 @@ pub struct Cli {
     pub drain_interval_ms: u64,
 
     /// Ring buffer size in MiB (a power of two).
-    #[arg(long, env = "SONDE_RINGBUF_MIB", default_value_t = 32, value_parser = parse_pow2_mib)]
+    #[arg(long, env = "SONDE_RINGBUF_MIB", default_value_t = 8, value_parser = parse_pow2_mib)]
     pub ringbuf_mib: u32,
 
     /// Connections tracked at once (kernel table and userspace state).
