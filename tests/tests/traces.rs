@@ -338,8 +338,14 @@ fn get_with_headers(conn: &mut HttpConn, path: &str, headers: &[(&str, &str)], s
 fn server_spans_carry_the_http_conventions() {
     let server = servers::python();
     let receiver = OtlpReceiver::start().unwrap();
-    // By port only: the test process's requests are CLIENT spans too.
-    let sonde = start_traced(&receiver, Protocol::Grpc, &ports(&[&server]));
+    // By port only: the test process's requests are CLIENT spans too. The
+    // standard headers variable becomes gRPC metadata.
+    let sonde = start_traced_with_env(
+        &receiver,
+        Protocol::Grpc,
+        &ports(&[&server]),
+        &[("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme")],
+    );
     let me = std::process::id();
 
     let mut conn = HttpConn::connect(server.port()).unwrap();
@@ -401,6 +407,13 @@ fn server_spans_carry_the_http_conventions() {
     }
     let traces: HashSet<String> = server_spans.iter().map(ReceivedSpan::trace_id).collect();
     assert_eq!(traces.len(), 3, "one trace per request");
+    for export in receiver.exports() {
+        assert_eq!(export.transport, Transport::Grpc);
+        assert_eq!(
+            export.headers.get("x-tenant").map(String::as_str),
+            Some("acme")
+        );
+    }
     drop(conn);
     sonde.stop();
 }
@@ -685,7 +698,16 @@ fn two_calls_from_one_request_are_both_its_children() {
 fn spans_go_over_http_protobuf() {
     let server = servers::python();
     let receiver = OtlpReceiver::start().unwrap();
-    let sonde = start_traced(&receiver, Protocol::HttpProtobuf, &python_only(&[&server]));
+    // The standard headers variable reaches the collector (auth tokens, tenants).
+    let sonde = start_traced_with_env(
+        &receiver,
+        Protocol::HttpProtobuf,
+        &python_only(&[&server]),
+        &[(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-tenant=acme,x-scope=sonde-e2e",
+        )],
+    );
 
     let mut conn = HttpConn::connect(server.port()).unwrap();
     let client = conn.local_addr().unwrap();
@@ -697,6 +719,14 @@ fn spans_go_over_http_protobuf() {
     let spans = await_spans(&receiver, &sonde, "one per request", 2, |_| true);
     for export in receiver.exports() {
         assert_eq!(export.transport, Transport::Http);
+        assert_eq!(
+            export.headers.get("x-tenant").map(String::as_str),
+            Some("acme")
+        );
+        assert_eq!(
+            export.headers.get("x-scope").map(String::as_str),
+            Some("sonde-e2e")
+        );
     }
     for ((path, route, status), span) in plan.into_iter().zip(&spans) {
         Expected {
