@@ -54,7 +54,7 @@ pub enum Protocol {
 
 /// IANA's port for OTLP/gRPC: an endpoint on it means gRPC unless told otherwise.
 const GRPC_PORT: u16 = 4317;
-const TRACES_PATH: &str = "/v1/traces";
+pub(crate) const TRACES_PATH: &str = "/v1/traces";
 /// The OpenTelemetry default for `OTEL_EXPORTER_OTLP_TIMEOUT`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Exporter::shutdown`] may take to send what is queued.
@@ -118,7 +118,7 @@ impl Config {
         let (uri, origin) = if let Some(uri) = &cli.otlp_endpoint {
             (uri.clone(), Origin::Sonde)
         } else if let Some(uri) = from_var(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)? {
-            (uri, Origin::TracesVariable)
+            (uri, Origin::SignalVariable)
         } else if let Some(uri) = from_var(OTEL_EXPORTER_OTLP_ENDPOINT)? {
             (uri, Origin::BaseVariable)
         } else {
@@ -137,7 +137,7 @@ impl Config {
             .or_else(|| timeout_from(OTEL_EXPORTER_OTLP_TIMEOUT, &var))
             .unwrap_or(DEFAULT_TIMEOUT);
         Ok(Some(Config {
-            endpoint: endpoint_url(&uri, origin, protocol),
+            endpoint: endpoint_url(&uri, origin, protocol, TRACES_PATH),
             protocol,
             timeout,
             sample_ratio: cli.trace_sample_ratio,
@@ -175,29 +175,44 @@ pub fn parse_endpoint(s: &str) -> Result<Uri, String> {
 
 /// Where the endpoint came from, which decides how an HTTP path is completed.
 #[derive(Clone, Copy)]
-enum Origin {
-    /// `--otlp-endpoint`: a collector's base URL or the full traces URL.
+pub(crate) enum Origin {
+    /// `--otlp-endpoint`: a collector's base URL, or the full URL of a
+    /// signal (traces and metrics share the flag).
     Sonde,
-    /// Used as is, per the specification.
-    TracesVariable,
-    /// A base URL that `v1/traces` is appended to, per the specification.
+    /// A signal's own variable (`…_TRACES_ENDPOINT`): used as is, per the
+    /// specification.
+    SignalVariable,
+    /// A base URL that the signal's path is appended to, per the specification.
     BaseVariable,
 }
 
-fn endpoint_url(uri: &Uri, origin: Origin, protocol: Protocol) -> String {
+/// The URL a signal is exported to; `signal_path` is `/v1/traces` or
+/// `/v1/metrics`. gRPC names its own path (`/opentelemetry.proto…/Export`).
+pub(crate) fn endpoint_url(
+    uri: &Uri,
+    origin: Origin,
+    protocol: Protocol,
+    signal_path: &str,
+) -> String {
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         // parse_endpoint admitted only absolute URLs.
         return uri.to_string();
     };
     let path = match (protocol, origin) {
-        // gRPC names its own path (`/opentelemetry.proto…/Export`).
         (Protocol::Grpc, _) => return format!("{scheme}://{authority}"),
-        (Protocol::HttpProtobuf, Origin::TracesVariable) => uri.path().to_owned(),
-        (Protocol::HttpProtobuf, Origin::Sonde) if uri.path().ends_with(TRACES_PATH) => {
+        (Protocol::HttpProtobuf, Origin::SignalVariable) => uri.path().to_owned(),
+        (Protocol::HttpProtobuf, Origin::Sonde) if uri.path().ends_with(signal_path) => {
             uri.path().to_owned()
         }
-        (Protocol::HttpProtobuf, _) => {
-            format!("{}{TRACES_PATH}", uri.path().trim_end_matches('/'))
+        // --otlp-endpoint may name the traces URL: the collector's base is before it.
+        (Protocol::HttpProtobuf, Origin::Sonde) => format!(
+            "{}{signal_path}",
+            uri.path()
+                .trim_end_matches(TRACES_PATH)
+                .trim_end_matches('/')
+        ),
+        (Protocol::HttpProtobuf, Origin::BaseVariable) => {
+            format!("{}{signal_path}", uri.path().trim_end_matches('/'))
         }
     };
     match uri.query() {

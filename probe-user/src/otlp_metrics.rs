@@ -52,12 +52,12 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use crate::{
     cli::Cli,
     otlp::{
-        self, host_name, parse_endpoint, protocol_from, timeout_from, Protocol, SHUTDOWN_GRACE,
+        self, endpoint_url, host_name, parse_endpoint, protocol_from, timeout_from, Origin,
+        Protocol, SHUTDOWN_GRACE,
     },
 };
 
 const METRICS_PATH: &str = "/v1/metrics";
-const TRACES_PATH: &str = "/v1/traces";
 const PROTOBUF: &str = "application/x-protobuf";
 /// IANA's port for OTLP/gRPC: an endpoint on it means gRPC unless told otherwise.
 const GRPC_PORT: u16 = 4317;
@@ -91,17 +91,6 @@ pub enum ConfigError {
          {OTEL_EXPORTER_OTLP_METRICS_ENDPOINT} or {OTEL_EXPORTER_OTLP_ENDPOINT}"
     )]
     NoEndpoint,
-}
-
-/// Where the endpoint came from, which decides how an HTTP path is completed.
-#[derive(Clone, Copy)]
-enum Origin {
-    /// `--otlp-endpoint`: a base URL, or the traces URL it shares with traces.
-    Sonde,
-    /// Used as is, per the specification.
-    MetricsVariable,
-    /// A base URL that `v1/metrics` is appended to, per the specification.
-    BaseVariable,
 }
 
 impl Config {
@@ -138,7 +127,7 @@ impl Config {
         let (uri, origin) = if let Some(uri) = &cli.otlp_endpoint {
             (uri.clone(), Origin::Sonde)
         } else if let Some(uri) = from_var(OTEL_EXPORTER_OTLP_METRICS_ENDPOINT)? {
-            (uri, Origin::MetricsVariable)
+            (uri, Origin::SignalVariable)
         } else if let Some(uri) = from_var(OTEL_EXPORTER_OTLP_ENDPOINT)? {
             (uri, Origin::BaseVariable)
         } else {
@@ -172,41 +161,13 @@ impl Config {
             }
         }
         Ok(Some(Config {
-            endpoint: endpoint_url(&uri, origin, protocol),
+            endpoint: endpoint_url(&uri, origin, protocol, METRICS_PATH),
             protocol,
             headers,
             timeout,
             interval,
             host_name,
         }))
-    }
-}
-
-fn endpoint_url(uri: &Uri, origin: Origin, protocol: Protocol) -> String {
-    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        // parse_endpoint admitted only absolute URLs.
-        return uri.to_string();
-    };
-    let path = match (protocol, origin) {
-        (Protocol::Grpc, _) => return format!("{scheme}://{authority}"),
-        (Protocol::HttpProtobuf, Origin::MetricsVariable) => uri.path().to_owned(),
-        (Protocol::HttpProtobuf, Origin::Sonde) if uri.path().ends_with(METRICS_PATH) => {
-            uri.path().to_owned()
-        }
-        // --otlp-endpoint may name the traces URL: the collector's base is before it.
-        (Protocol::HttpProtobuf, Origin::Sonde) => format!(
-            "{}{METRICS_PATH}",
-            uri.path()
-                .trim_end_matches(TRACES_PATH)
-                .trim_end_matches('/')
-        ),
-        (Protocol::HttpProtobuf, Origin::BaseVariable) => {
-            format!("{}{METRICS_PATH}", uri.path().trim_end_matches('/'))
-        }
-    };
-    match uri.query() {
-        Some(query) => format!("{scheme}://{authority}{path}?{query}"),
-        None => format!("{scheme}://{authority}{path}"),
     }
 }
 
