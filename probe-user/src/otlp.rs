@@ -105,41 +105,13 @@ impl Config {
     ) -> Result<Option<Config>, ConfigError> {
         // The specification treats an empty variable as unset.
         let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        let from_var = |name: &'static str| {
-            var(name)
-                .map(|value| {
-                    parse_endpoint(&value).map_err(|reason| ConfigError::Endpoint {
-                        variable: name,
-                        reason,
-                    })
-                })
-                .transpose()
-        };
-        let (uri, origin) = if let Some(uri) = &cli.otlp_endpoint {
-            (uri.clone(), Origin::Sonde)
-        } else if let Some(uri) = from_var(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)? {
-            (uri, Origin::SignalVariable)
-        } else if let Some(uri) = from_var(OTEL_EXPORTER_OTLP_ENDPOINT)? {
-            (uri, Origin::BaseVariable)
-        } else {
+        let Some(signal) = resolve_signal(cli, &var, &TRACES)? else {
             return Ok(None);
         };
-        let protocol = cli
-            .otlp_protocol
-            .or_else(|| protocol_from(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, &var))
-            .or_else(|| protocol_from(OTEL_EXPORTER_OTLP_PROTOCOL, &var))
-            .unwrap_or(if uri.port_u16() == Some(GRPC_PORT) {
-                Protocol::Grpc
-            } else {
-                Protocol::HttpProtobuf
-            });
-        let timeout = timeout_from(OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, &var)
-            .or_else(|| timeout_from(OTEL_EXPORTER_OTLP_TIMEOUT, &var))
-            .unwrap_or(DEFAULT_TIMEOUT);
         Ok(Some(Config {
-            endpoint: endpoint_url(&uri, origin, protocol, TRACES_PATH),
-            protocol,
-            timeout,
+            endpoint: signal.endpoint,
+            protocol: signal.protocol,
+            timeout: signal.timeout,
             sample_ratio: cli.trace_sample_ratio,
             queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
             max_batch: Self::DEFAULT_MAX_BATCH,
@@ -173,9 +145,78 @@ pub fn parse_endpoint(s: &str) -> Result<Uri, String> {
     }
 }
 
+/// The standard variables and the HTTP path of one OTLP signal.
+pub(crate) struct Signal {
+    pub endpoint_var: &'static str,
+    pub protocol_var: &'static str,
+    pub timeout_var: &'static str,
+    pub path: &'static str,
+}
+
+pub(crate) const TRACES: Signal = Signal {
+    endpoint_var: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    protocol_var: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    timeout_var: OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+    path: TRACES_PATH,
+};
+
+/// Where and how one signal is exported.
+pub(crate) struct SignalTarget {
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub timeout: Duration,
+}
+
+/// Endpoint, protocol and timeout of `signal`: sonde's flag (or its
+/// `SONDE_*` variable), then the signal's own variable, then the general
+/// `OTEL_EXPORTER_OTLP_*` one, then the default. `None` without any endpoint.
+/// `var` must already treat empty variables as unset.
+pub(crate) fn resolve_signal(
+    cli: &Cli,
+    var: &dyn Fn(&str) -> Option<String>,
+    signal: &Signal,
+) -> Result<Option<SignalTarget>, ConfigError> {
+    let from_var = |name: &'static str| {
+        var(name)
+            .map(|value| {
+                parse_endpoint(&value).map_err(|reason| ConfigError::Endpoint {
+                    variable: name,
+                    reason,
+                })
+            })
+            .transpose()
+    };
+    let (uri, origin) = if let Some(uri) = &cli.otlp_endpoint {
+        (uri.clone(), Origin::Sonde)
+    } else if let Some(uri) = from_var(signal.endpoint_var)? {
+        (uri, Origin::SignalVariable)
+    } else if let Some(uri) = from_var(OTEL_EXPORTER_OTLP_ENDPOINT)? {
+        (uri, Origin::BaseVariable)
+    } else {
+        return Ok(None);
+    };
+    let protocol = cli
+        .otlp_protocol
+        .or_else(|| protocol_from(signal.protocol_var, var))
+        .or_else(|| protocol_from(OTEL_EXPORTER_OTLP_PROTOCOL, var))
+        .unwrap_or(if uri.port_u16() == Some(GRPC_PORT) {
+            Protocol::Grpc
+        } else {
+            Protocol::HttpProtobuf
+        });
+    let timeout = timeout_from(signal.timeout_var, var)
+        .or_else(|| timeout_from(OTEL_EXPORTER_OTLP_TIMEOUT, var))
+        .unwrap_or(DEFAULT_TIMEOUT);
+    Ok(Some(SignalTarget {
+        endpoint: endpoint_url(&uri, origin, protocol, signal.path),
+        protocol,
+        timeout,
+    }))
+}
+
 /// Where the endpoint came from, which decides how an HTTP path is completed.
 #[derive(Clone, Copy)]
-pub(crate) enum Origin {
+enum Origin {
     /// `--otlp-endpoint`: a collector's base URL, or the full URL of a
     /// signal (traces and metrics share the flag).
     Sonde,
@@ -188,12 +229,7 @@ pub(crate) enum Origin {
 
 /// The URL a signal is exported to; `signal_path` is `/v1/traces` or
 /// `/v1/metrics`. gRPC names its own path (`/opentelemetry.proto…/Export`).
-pub(crate) fn endpoint_url(
-    uri: &Uri,
-    origin: Origin,
-    protocol: Protocol,
-    signal_path: &str,
-) -> String {
+fn endpoint_url(uri: &Uri, origin: Origin, protocol: Protocol, signal_path: &str) -> String {
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         // parse_endpoint admitted only absolute URLs.
         return uri.to_string();

@@ -28,7 +28,7 @@ use hyper_util::{
 use opentelemetry_otlp::{
     OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
     OTEL_EXPORTER_OTLP_METRICS_HEADERS, OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
-    OTEL_EXPORTER_OTLP_METRICS_TIMEOUT, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TIMEOUT,
+    OTEL_EXPORTER_OTLP_METRICS_TIMEOUT,
 };
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::{
@@ -51,19 +51,18 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
     cli::Cli,
-    otlp::{
-        self, endpoint_url, host_name, parse_endpoint, protocol_from, timeout_from, Origin,
-        Protocol, SHUTDOWN_GRACE,
-    },
+    otlp::{self, host_name, timeout_from, Protocol, Signal, SHUTDOWN_GRACE},
 };
 
 const METRICS_PATH: &str = "/v1/metrics";
+const METRICS: Signal = Signal {
+    endpoint_var: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+    protocol_var: OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
+    timeout_var: OTEL_EXPORTER_OTLP_METRICS_TIMEOUT,
+    path: METRICS_PATH,
+};
 const PROTOBUF: &str = "application/x-protobuf";
-/// IANA's port for OTLP/gRPC: an endpoint on it means gRPC unless told otherwise.
-const GRPC_PORT: u16 = 4317;
-/// The OpenTelemetry defaults for `OTEL_EXPORTER_OTLP_TIMEOUT` and
-/// `OTEL_METRIC_EXPORT_INTERVAL`.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The OpenTelemetry default for `OTEL_METRIC_EXPORT_INTERVAL`.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
 const OTEL_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 
@@ -114,37 +113,9 @@ impl Config {
         }
         // The specification treats an empty variable as unset.
         let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        let from_var = |name: &'static str| {
-            var(name)
-                .map(|value| {
-                    parse_endpoint(&value).map_err(|reason| otlp::ConfigError::Endpoint {
-                        variable: name,
-                        reason,
-                    })
-                })
-                .transpose()
-        };
-        let (uri, origin) = if let Some(uri) = &cli.otlp_endpoint {
-            (uri.clone(), Origin::Sonde)
-        } else if let Some(uri) = from_var(OTEL_EXPORTER_OTLP_METRICS_ENDPOINT)? {
-            (uri, Origin::SignalVariable)
-        } else if let Some(uri) = from_var(OTEL_EXPORTER_OTLP_ENDPOINT)? {
-            (uri, Origin::BaseVariable)
-        } else {
+        let Some(signal) = otlp::resolve_signal(cli, &var, &METRICS)? else {
             return Err(ConfigError::NoEndpoint);
         };
-        let protocol = cli
-            .otlp_protocol
-            .or_else(|| protocol_from(OTEL_EXPORTER_OTLP_METRICS_PROTOCOL, &var))
-            .or_else(|| protocol_from(OTEL_EXPORTER_OTLP_PROTOCOL, &var))
-            .unwrap_or(if uri.port_u16() == Some(GRPC_PORT) {
-                Protocol::Grpc
-            } else {
-                Protocol::HttpProtobuf
-            });
-        let timeout = timeout_from(OTEL_EXPORTER_OTLP_METRICS_TIMEOUT, &var)
-            .or_else(|| timeout_from(OTEL_EXPORTER_OTLP_TIMEOUT, &var))
-            .unwrap_or(DEFAULT_TIMEOUT);
         let interval = cli
             .otlp_metrics_interval_secs
             .map(Duration::from_secs)
@@ -161,10 +132,10 @@ impl Config {
             }
         }
         Ok(Some(Config {
-            endpoint: endpoint_url(&uri, origin, protocol, METRICS_PATH),
-            protocol,
+            endpoint: signal.endpoint,
+            protocol: signal.protocol,
             headers,
-            timeout,
+            timeout: signal.timeout,
             interval,
             host_name,
         }))
@@ -585,6 +556,7 @@ impl Exporter {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_otlp::{OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TIMEOUT};
     use prometheus::{
         proto::{Bucket, Histogram as PromHistogram},
         HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
