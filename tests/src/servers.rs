@@ -163,10 +163,12 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location / {{ return 200 "ok\n"; }}
+        location /static/ {{ alias {prefix}/static/; sendfile on; }}
     }}
 }}
 "#
         );
+        std::fs::create_dir(dir.path().join("static"))?;
         let config_path = dir.path().join("nginx.conf");
         std::fs::write(&config_path, config)?;
         let child = Command::new("nginx")
@@ -192,6 +194,12 @@ http {{
 
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// Puts a file nginx serves at `/static/{name}` (with sendfile).
+    pub fn add_static(&self, name: &str, content: &[u8]) -> Result<()> {
+        std::fs::write(self.dir.path().join("static").join(name), content)?;
+        Ok(())
     }
 
     /// The master's children: its workers, and old workers still finishing
