@@ -16,6 +16,24 @@ use sonde_tests::process::exe_basename;
 use sonde_tests::servers::{self, Nginx};
 use sonde_tests::sonde::Sonde;
 
+/// A connection to a local port whose reads give up after 5 s.
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
+/// The client series of `service` calling `port` and answered 200.
+fn client_ok<'a>(service: &'a str, port: &'a str) -> [(&'static str, &'a str); 3] {
+    [
+        ("service_name", service),
+        ("server_port", port),
+        ("http_response_status_code", "200"),
+    ]
+}
+
 /// nginx sends static files with `sendfile`: the body never passes through
 /// a user buffer, yet its size is counted exactly, on both sides.
 #[test]
@@ -42,11 +60,7 @@ fn sendfile_bodies_are_counted_to_the_byte() {
         sonde.failure("server response bytes", &scrape)
     );
     let port = port.to_string();
-    let client = [
-        ("service_name", "curl"),
-        ("server_port", port.as_str()),
-        ("http_response_status_code", "200"),
-    ];
+    let client = client_ok("curl", &port);
     assert_eq!(
         scrape.value("http_client_response_body_size_bytes_sum", &client),
         Some(3.0 * SIZE as f64),
@@ -65,10 +79,7 @@ fn peeked_bytes_are_not_counted_twice() {
     let sonde = Sonde::watching_ports(&[server.port()]);
     let me = exe_basename(std::process::id());
 
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, server.port())).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut stream = connect(server.port());
     stream.write_all(&get_request("/fast")).unwrap();
     // Let the whole response arrive, so the peek sees all of it.
     std::thread::sleep(Duration::from_millis(300));
@@ -88,11 +99,7 @@ fn peeked_bytes_are_not_counted_twice() {
     assert_eq!(response.status, 200);
 
     let port = server.port().to_string();
-    let client = [
-        ("service_name", me.as_str()),
-        ("server_port", port.as_str()),
-        ("http_response_status_code", "200"),
-    ];
+    let client = client_ok(&me, &port);
     let scrape = sonde.await_value(CLIENT_DURATION_COUNT, &client, 1.0);
     assert_eq!(
         scrape.value("http_client_response_body_size_bytes_sum", &client),
@@ -118,10 +125,7 @@ fn spliced_writes_are_counted_as_unsupported() {
     let sonde = Sonde::watching_ports(&[server.port()]);
     let svc = server.service_name();
 
-    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, server.port())).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let stream = connect(server.port());
     let request = get_request("/fast");
     let mut pipe = [0; 2];
     // SAFETY: plain syscalls on fds this test owns; lengths are the buffer's.
@@ -184,10 +188,7 @@ fn close_delimited_response_ends_at_the_servers_close() {
         conn.write_all(b"second part").unwrap();
         // Dropping `conn` closes it: that ends the response.
     });
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut stream = connect(port);
     stream.write_all(&get_request("/streamed")).unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
@@ -204,11 +205,7 @@ fn close_delimited_response_ends_at_the_servers_close() {
         sonde.failure(&format!("server duration {seconds} s"), &scrape)
     );
     let port = port.to_string();
-    let client = [
-        ("service_name", me.as_str()),
-        ("server_port", port.as_str()),
-        ("http_response_status_code", "200"),
-    ];
+    let client = client_ok(&me, &port);
     let scrape = sonde.await_value(CLIENT_DURATION_COUNT, &client, 1.0);
     assert_eq!(
         scrape.value("http_client_response_body_size_bytes_sum", &client),
@@ -228,10 +225,7 @@ fn half_closed_client_still_gets_its_response_paired() {
     let sonde = Sonde::watching_ports(&[server.port()]);
     let me = exe_basename(std::process::id());
 
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, server.port())).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut stream = connect(server.port());
     stream.write_all(&get_request("/fast")).unwrap();
     stream.shutdown(Shutdown::Write).unwrap();
     // Give the FIN time to change the socket's state before the reply.
@@ -240,11 +234,7 @@ fn half_closed_client_still_gets_its_response_paired() {
     assert_eq!(response.status, 200);
 
     let port = server.port().to_string();
-    let client = [
-        ("service_name", me.as_str()),
-        ("server_port", port.as_str()),
-        ("http_response_status_code", "200"),
-    ];
+    let client = client_ok(&me, &port);
     let scrape = sonde.await_value(CLIENT_DURATION_COUNT, &client, 1.0);
     assert_eq!(
         scrape.sum(HTTP_ANOMALIES, &[]),
