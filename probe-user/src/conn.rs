@@ -89,7 +89,9 @@
 //! was first seen on each end around a request sent but not yet read. The
 //! numbering then stays shifted for the life of the connection; a consumer
 //! should also check that the times agree.
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 
 use crate::event::{ConnOpen, Data, Direction, Event, RoleHint};
@@ -174,14 +176,19 @@ impl Tracker {
     }
 
     /// Consumes one event (in ring-buffer order) and appends what it caused.
-    pub fn handle(&mut self, event: &Event, out: &mut Vec<Observation>) {
+    pub fn handle<P: AsRef<[u8]>>(&mut self, event: &Event<P>, out: &mut Vec<Observation>) {
         match event {
             Event::Open(open) => self.open(open, out),
             Event::Data(data) => {
-                if let Some(conn) = self
-                    .live_key(data.conn_id, out)
-                    .and_then(|key| self.conns.get_mut(&key))
-                {
+                // Two lookups on the hot path: the fd's key, then its connection.
+                let key = self.ids.get(&data.conn_id).copied();
+                let conn = match key.and_then(|key| self.conns.get_mut(&key)) {
+                    Some(conn) => Some(conn),
+                    None => self
+                        .revive(key, out)
+                        .and_then(|key| self.conns.get_mut(&key)),
+                };
+                if let Some(conn) = conn {
                     conn.on_data(data, &mut self.last_id, self.config.max_pending, out);
                 }
             }
@@ -276,14 +283,10 @@ impl Tracker {
         }
     }
 
-    /// The key of the live connection that `conn_id` is an fd of, reviving it
-    /// if it is buried. None, counted, when there is none.
-    fn live_key(&mut self, conn_id: u64, out: &mut Vec<Observation>) -> Option<u64> {
-        let buried = match self.ids.get(&conn_id).copied() {
-            Some(key) if self.conns.contains_key(&key) => return Some(key),
-            Some(key) => self.graves.remove(key).map(|grave| (key, grave)),
-            None => None,
-        };
+    /// Revives the buried connection `key` (that of an fd with data, not
+    /// live). None, counted, when there is none.
+    fn revive(&mut self, key: Option<u64>, out: &mut Vec<Observation>) -> Option<u64> {
+        let buried = key.and_then(|key| self.graves.remove(key).map(|grave| (key, grave)));
         let Some((key, grave)) = buried else {
             out.push(Observation::Anomaly(Anomaly::UnknownConnection));
             return None;
@@ -649,15 +652,15 @@ impl Conn {
         }
     }
 
-    fn on_data(
+    fn on_data<P: AsRef<[u8]>>(
         &mut self,
-        data: &Data,
+        data: &Data<P>,
         last_id: &mut RequestId,
         max_pending: usize,
         out: &mut Vec<Observation>,
     ) {
         self.last_ns = data.ts_ns;
-        let mut input = Input::new(&data.payload, data.total_len, data.ts_ns, data.tid);
+        let mut input = Input::new(data.payload.as_ref(), data.total_len, data.ts_ns, data.tid);
         loop {
             let answering = self
                 .pending

@@ -118,7 +118,7 @@ impl Pipeline {
         }
     }
 
-    pub fn on_event(&mut self, ev: &Event, filter: &mut dyn PidFilter) {
+    pub fn on_event<P: AsRef<[u8]>>(&mut self, ev: &Event<P>, filter: &mut dyn PidFilter) {
         match ev {
             Event::Open(open) => self.names.on_conn_open(open),
             Event::ProcessExec { tgid } => {
