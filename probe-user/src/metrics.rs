@@ -7,7 +7,7 @@
 //! Observations arrive at 100k+/s, so label values are resolved to small ids
 //! (`route::Namer`) and metric children are cached per id tuple: once warm,
 //! the hot path is a few hash lookups and no allocation.
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use probe_common::counter;
 use prometheus::{

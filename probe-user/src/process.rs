@@ -3,12 +3,12 @@
 //!
 //! The /proc root is a parameter so tests run on a fake tree, and so a
 //! containerised sonde can read the host's /proc mounted elsewhere.
-use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use foldhash::{HashMap, HashMapExt, HashSet};
 use regex::Regex;
 
 use crate::event::ConnOpen;

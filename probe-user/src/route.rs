@@ -10,6 +10,7 @@
 //! the same one.
 use std::net::SocketAddr;
 
+use foldhash::fast::RandomState;
 use indexmap::{IndexMap, IndexSet};
 
 /// Placeholder for an identifier-like path segment.
@@ -176,8 +177,8 @@ impl PeerId {
 
 #[derive(Default)]
 struct Service {
-    routes: IndexSet<String>,
-    peers: IndexSet<SocketAddr>,
+    routes: IndexSet<String, RandomState>,
+    peers: IndexSet<SocketAddr, RandomState>,
 }
 
 /// Turns service names, paths and peers into small ids within the budgets;
@@ -185,14 +186,14 @@ struct Service {
 pub struct Namer {
     limits: Limits,
     /// Index 0 is the overflow service.
-    services: IndexMap<Box<str>, Service>,
+    services: IndexMap<Box<str>, Service, RandomState>,
     /// Reused for every route so the hot path does not allocate.
     scratch: String,
 }
 
 impl Namer {
     pub fn new(limits: Limits) -> Self {
-        let mut services = IndexMap::new();
+        let mut services = IndexMap::default();
         services.insert(OVERFLOW.into(), Service::default());
         Namer {
             limits,
@@ -261,7 +262,7 @@ impl Namer {
 }
 
 /// Index of `value` in `set`, inserting it while the set has room.
-fn admit<T, Q>(set: &mut IndexSet<T>, value: &Q, limit: usize) -> Option<u32>
+fn admit<T, Q>(set: &mut IndexSet<T, RandomState>, value: &Q, limit: usize) -> Option<u32>
 where
     T: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
     Q: std::hash::Hash + Eq + ToOwned<Owned = T> + ?Sized,
