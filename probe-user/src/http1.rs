@@ -349,22 +349,26 @@ impl Parser {
             self.last_ns = input.ts_ns;
         }
         let rest = input.rest();
+        if self.head.is_empty() {
+            // The common case, a head within one read or write: found and
+            // parsed in one pass over its lines.
+            if let Some((n, parsed)) = scan_head(rest, self.kind) {
+                input.advance(n);
+                self.release_head();
+                return self.begin_head(input, parsed, answering);
+            }
+        }
         if let Some(n) = find_head_end(rest, &mut self.eol) {
             input.advance(n);
             self.eol = 0;
-            let parsed = if self.head.is_empty() {
-                parse_head(&rest[..n], self.kind)
-            } else if self.head.len() + n > MAX_HEAD {
+            let parsed = if self.head.len() + n > MAX_HEAD {
                 Err(Anomaly::HeadTooLarge)
             } else {
                 self.head.extend_from_slice(&rest[..n]);
                 parse_head(&self.head, self.kind)
             };
             self.release_head();
-            return match parsed.and_then(|(start, framing)| self.begin(start, framing, answering)) {
-                Ok(output) => Step::Emit(output),
-                Err(why) => Step::Emit(self.lose_sync(input, why)),
-            };
+            return self.begin_head(input, parsed, answering);
         }
         if self.head.len() + rest.len() > MAX_HEAD {
             return Step::Emit(self.lose_sync(input, Anomaly::HeadTooLarge));
@@ -389,6 +393,19 @@ impl Parser {
                 self.unsync(input);
                 Step::Emit(output)
             }
+            Err(why) => Step::Emit(self.lose_sync(input, why)),
+        }
+    }
+
+    /// Reports a head found whole, or loses sync if it is not valid.
+    fn begin_head(
+        &mut self,
+        input: &mut Input<'_>,
+        parsed: ParsedHead,
+        answering: Answering,
+    ) -> Step {
+        match parsed.and_then(|(start, framing)| self.begin(start, framing, answering)) {
+            Ok(output) => Step::Emit(output),
             Err(why) => Step::Emit(self.lose_sync(input, why)),
         }
     }
@@ -786,47 +803,98 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+type ParsedHead = Result<(StartLine, Framing), Anomaly>;
+
 /// Parses a whole head, which ends with its empty line.
-fn parse_head(head: &[u8], kind: Option<Kind>) -> Result<(StartLine, Framing), Anomaly> {
-    let (first, mut rest) = split_line(head);
-    let is_response = first.starts_with(b"HTTP/");
-    let mut start = match (is_response, kind) {
-        (true, Some(Kind::Request)) | (false, Some(Kind::Response)) => {
-            return Err(Anomaly::BadHead)
+fn parse_head(head: &[u8], kind: Option<Kind>) -> ParsedHead {
+    // The first empty line is the last line: the scan ends there.
+    scan_head(head, kind).map_or(Err(Anomaly::BadHead), |(_, parsed)| parsed)
+}
+
+/// Finds the end of the head `bytes` begin with (the LF of its first empty
+/// line but the first line, as `find_head_end` from a head's start) and
+/// parses the head in the same pass: its length and what it holds. None
+/// when the bytes hold no end.
+fn scan_head(bytes: &[u8], kind: Option<Kind>) -> Option<(usize, ParsedHead)> {
+    let mut head = HeadLines::new(kind);
+    let mut parsed = Ok(());
+    let mut at = 0;
+    loop {
+        let lf = at + memchr::memchr(b'\n', &bytes[at..])?;
+        let line = strip_cr(&bytes[at..lf]);
+        if line.is_empty() && at > 0 {
+            return Some((lf + 1, parsed.and_then(|()| head.finish())));
         }
-        (true, _) => StartLine::Response(status_line(first).ok_or(Anomaly::BadHead)?),
-        (false, _) => {
-            let line = request_line(first, true).ok_or(Anomaly::BadHead)?;
-            StartLine::Request(ParsedRequest {
-                request: line.request().ok_or(Anomaly::BadHead)?,
-                bad_traceparent: false,
-            })
+        // After an error only the end is looked for.
+        if parsed.is_ok() {
+            parsed = head.line(line);
         }
-    };
-    // Only a request's trace context is of use: a response's is not even read.
-    let is_request = matches!(start, StartLine::Request(_));
-    let mut framing = Framing::default();
-    let mut trace = TraceHeaders::default();
-    while let Some(bytes) = rest {
-        let (line, next) = split_line(bytes);
-        if line.is_empty() {
-            break;
+        at = lf + 1;
+    }
+}
+
+/// A head, fed line by line (without CR LF) up to its empty line.
+struct HeadLines<'a> {
+    kind: Option<Kind>,
+    start: Option<StartLine>,
+    framing: Framing,
+    trace: TraceHeaders<'a>,
+}
+
+impl<'a> HeadLines<'a> {
+    fn new(kind: Option<Kind>) -> Self {
+        HeadLines {
+            kind,
+            start: None,
+            framing: Framing::default(),
+            trace: TraceHeaders::default(),
         }
+    }
+
+    fn line(&mut self, line: &'a [u8]) -> Result<(), Anomaly> {
+        let Some(start) = &self.start else {
+            self.start = Some(start_line(line, self.kind)?);
+            return Ok(());
+        };
         match field_line(line).ok_or(Anomaly::BadHead)? {
-            FieldLine::Fold => trace.fold(),
+            FieldLine::Fold => self.trace.fold(),
             FieldLine::Field(field, value) => {
-                framing.read(field, value)?;
-                if is_request {
-                    trace.read(field, value);
+                self.framing.read(field, value)?;
+                // Only a request's trace context is of use: a response's is
+                // not even read.
+                if matches!(start, StartLine::Request(_)) {
+                    self.trace.read(field, value);
                 }
             }
         }
-        rest = next;
+        Ok(())
     }
-    if let StartLine::Request(parsed) = &mut start {
-        parsed.bad_traceparent = trace.attach(&mut parsed.request);
+
+    fn finish(self) -> ParsedHead {
+        let mut start = self.start.ok_or(Anomaly::BadHead)?;
+        if let StartLine::Request(parsed) = &mut start {
+            parsed.bad_traceparent = self.trace.attach(&mut parsed.request);
+        }
+        Ok((start, self.framing))
     }
-    Ok((start, framing))
+}
+
+/// A request or status line, as `kind` allows.
+fn start_line(line: &[u8], kind: Option<Kind>) -> Result<StartLine, Anomaly> {
+    let is_response = line.starts_with(b"HTTP/");
+    match (is_response, kind) {
+        (true, Some(Kind::Request)) | (false, Some(Kind::Response)) => Err(Anomaly::BadHead),
+        (true, _) => Ok(StartLine::Response(
+            status_line(line).ok_or(Anomaly::BadHead)?,
+        )),
+        (false, _) => {
+            let line = request_line(line, true).ok_or(Anomaly::BadHead)?;
+            Ok(StartLine::Request(ParsedRequest {
+                request: line.request().ok_or(Anomaly::BadHead)?,
+                bad_traceparent: false,
+            }))
+        }
+    }
 }
 
 /// `HTTP/1.x SP 3DIGIT [SP reason]`; the status if valid.
@@ -955,13 +1023,22 @@ impl RequestLine<'_> {
     fn request(&self) -> Option<Request> {
         let (path, cut) = path_of(self.target, self.target_complete)?;
         Some(Request {
-            method: String::from_utf8_lossy(self.method).into_owned(),
-            path: String::from_utf8_lossy(&path[..path.len().min(MAX_PATH)]).into_owned(),
+            method: lossy_string(self.method),
+            path: lossy_string(&path[..path.len().min(MAX_PATH)]),
             path_truncated: cut || path.len() > MAX_PATH,
             // A cut line without its version: HTTP/1.1 is what is spoken.
             version: self.version.unwrap_or("1.1"),
             trace: None,
         })
+    }
+}
+
+/// `bytes` as text, invalid UTF-8 (raw bytes sloppy clients send) replaced.
+/// Checks the common case, ASCII, a word at a time.
+fn lossy_string(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 
@@ -1878,6 +1955,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn one_pass_scan_ends_heads_where_find_head_end_does() {
+        // Every string of up to 8 bytes over an alphabet that matters.
+        let alphabet = [b'\n', b'\r', b'x'];
+        for len in 0..=8u32 {
+            for n in 0..3usize.pow(len) {
+                let bytes: Vec<u8> = (0..len).map(|k| alphabet[n / 3usize.pow(k) % 3]).collect();
+                let want = find_head_end(&bytes, &mut 0);
+                let got = scan_head(&bytes, None).map(|(end, _)| end);
+                assert_eq!(got, want, "{bytes:?}");
+            }
+        }
+        // What it parses is what the head holds, whatever follows it.
+        let head = b"POST /a?q=secret HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let (end, parsed) = scan_head(head, Some(Kind::Request)).unwrap();
+        assert_eq!(end, head.len() - 5);
+        let Ok((StartLine::Request(parsed), framing)) = parsed else {
+            panic!("not a request")
+        };
+        assert_eq!(parsed.request.path, "/a");
+        assert_eq!(framing.content_length, Some(5));
+        // An invalid line before the end: the end is still found.
+        let bad = b"GET / HTTP/1.1\r\nno colon\r\n\r\nGET";
+        let (end, parsed) = scan_head(bad, None).unwrap();
+        assert_eq!((end, parsed.err()), (bad.len() - 3, Some(Anomaly::BadHead)));
     }
 
     #[test]
