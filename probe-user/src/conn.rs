@@ -1028,7 +1028,7 @@ mod tests {
             path: "/users".into(),
             path_truncated: false,
             version: "1.1",
-            trace: Some(TraceParent {
+            trace: Some(Box::new(TraceParent {
                 trace_id: [
                     0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c,
                     0x80, 0x31, 0x9c,
@@ -1036,7 +1036,7 @@ mod tests {
                 parent_id: [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31],
                 flags: 1,
                 tracestate: Some("congo=t61rcWkgMzE".into()),
-            }),
+            })),
         };
         assert_eq!(
             out,

@@ -649,13 +649,13 @@ impl Chunked {
 
 /// Finds the end of a head (the LF of its empty line) in `bytes`; `eol`
 /// carries how earlier bytes ended across calls: 0 inside a line, 1 after
-/// LF, 2 after LF CR. Jumps from LF to LF with `memchr`: the scan of every
-/// head byte is the parser's hottest loop.
+/// LF, 2 after LF CR. Jumps from LF to LF. For heads spanning reads; one
+/// within a read is found by `scan_head`.
 fn find_head_end(bytes: &[u8], eol: &mut u8) -> Option<usize> {
     let mut i = 0;
     loop {
         if *eol == 0 {
-            i += memchr::memchr(b'\n', &bytes[i..])? + 1;
+            i += find_lf(&bytes[i..])? + 1;
             *eol = 1;
         }
         match (bytes.get(i)?, *eol) {
@@ -793,7 +793,7 @@ struct Framing {
 /// Splits off the first line (without its CR LF); None as rest when `bytes`
 /// holds no LF.
 fn split_line(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match memchr::memchr(b'\n', bytes) {
+    match find_lf(bytes) {
         Some(i) => (strip_cr(&bytes[..i]), Some(&bytes[i + 1..])),
         None => (bytes, None),
     }
@@ -801,6 +801,37 @@ fn split_line(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
 
 fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Index of the first LF in `bytes`, a word at a time. Head lines are short:
+/// memchr's vector setup costs more than their scan.
+fn find_lf(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut rest = bytes;
+    let mut at = 0;
+    while let Some((word, tail)) = rest.split_first_chunk::<8>() {
+        // A zero byte of `w` is an LF. The lowest flag is exact (a borrow
+        // only ever flags bytes above a zero byte).
+        let w = u64::from_le_bytes(*word) ^ LFS;
+        let zeros = w.wrapping_sub(ONES) & !w & HIGHS;
+        if zeros != 0 {
+            return Some(at + zeros.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+        rest = tail;
+    }
+    rest.iter().position(|&b| b == b'\n').map(|i| at + i)
+}
+
+/// Length of the empty line `bytes` begin with (LF or CR LF), if they do.
+fn empty_line(bytes: &[u8]) -> Option<usize> {
+    match bytes {
+        [b'\n', ..] => Some(1),
+        [b'\r', b'\n', ..] => Some(2),
+        _ => None,
+    }
 }
 
 type ParsedHead = Result<(StartLine, Framing), Anomaly>;
@@ -820,16 +851,21 @@ fn scan_head(bytes: &[u8], kind: Option<Kind>) -> Option<(usize, ParsedHead)> {
     let mut parsed = Ok(());
     let mut at = 0;
     loop {
-        let lf = at + memchr::memchr(b'\n', &bytes[at..])?;
-        let line = strip_cr(&bytes[at..lf]);
-        if line.is_empty() && at > 0 {
-            return Some((lf + 1, parsed.and_then(|()| head.finish())));
+        let rest = &bytes[at..];
+        if at > 0 {
+            if let Some(n) = empty_line(rest) {
+                return Some((at + n, parsed.and_then(|()| head.finish())));
+            }
         }
-        // After an error only the end is looked for.
-        if parsed.is_ok() {
-            parsed = head.line(line);
-        }
-        at = lf + 1;
+        at += match parsed {
+            Ok(()) => {
+                let (n, line) = head.line(rest)?;
+                parsed = line;
+                n
+            }
+            // After an error only the end is looked for.
+            Err(_) => find_lf(rest)? + 1,
+        };
     }
 }
 
@@ -851,23 +887,33 @@ impl<'a> HeadLines<'a> {
         }
     }
 
-    fn line(&mut self, line: &'a [u8]) -> Result<(), Anomaly> {
+    /// Parses the line `bytes` begin with: the length of the line with its
+    /// LF, and whether it is valid. None when it has no LF.
+    fn line(&mut self, bytes: &'a [u8]) -> Option<(usize, Result<(), Anomaly>)> {
         let Some(start) = &self.start else {
-            self.start = Some(start_line(line, self.kind)?);
-            return Ok(());
+            let (line, rest) = split_line(bytes);
+            let len = bytes.len() - rest?.len();
+            let parsed = start_line(line, self.kind).map(|start| self.start = Some(start));
+            return Some((len, parsed));
         };
-        match field_line(line).ok_or(Anomaly::BadHead)? {
-            FieldLine::Fold => self.trace.fold(),
-            FieldLine::Field(field, value) => {
-                self.framing.read(field, value)?;
+        let (len, line) = field_line(bytes)?;
+        let parsed = match line {
+            Some(FieldLine::Fold) => {
+                self.trace.fold();
+                Ok(())
+            }
+            Some(FieldLine::Field(field, value)) => {
+                let framing = self.framing.read(field, value);
                 // Only a request's trace context is of use: a response's is
                 // not even read.
-                if matches!(start, StartLine::Request(_)) {
+                if framing.is_ok() && matches!(start, StartLine::Request(_)) {
                     self.trace.read(field, value);
                 }
+                framing
             }
-        }
-        Ok(())
+            None => Err(Anomaly::BadHead),
+        };
+        Some((len, parsed))
     }
 
     fn finish(self) -> ParsedHead {
@@ -932,18 +978,38 @@ enum Field {
 }
 
 impl Field {
-    /// At most one comparison per field line: the lengths of these names
-    /// differ.
+    const NAMES: [(&'static [u8], Field); 4] = [
+        (b"tracestate", Field::Tracestate),
+        (b"traceparent", Field::Traceparent),
+        (b"content-length", Field::ContentLength),
+        (b"transfer-encoding", Field::TransferEncoding),
+    ];
+
+    /// The field `name` (a token) is. At most one comparison per field
+    /// line: the lengths of these names differ.
     fn of(name: &[u8]) -> Option<Field> {
-        let (known, field): (&[u8], _) = match name.len() {
-            10 => (b"tracestate", Field::Tracestate),
-            11 => (b"traceparent", Field::Traceparent),
-            14 => (b"content-length", Field::ContentLength),
-            17 => (b"transfer-encoding", Field::TransferEncoding),
+        let (known, field) = match name.len() {
+            10 => Self::NAMES[0],
+            11 => Self::NAMES[1],
+            14 => Self::NAMES[2],
+            17 => Self::NAMES[3],
             _ => return None,
         };
-        name.eq_ignore_ascii_case(known).then_some(field)
+        token_eq_lower(name, known).then_some(field)
     }
+}
+
+/// Whether `token` is `lower` (lower-case letters and `-`) but for case.
+/// Setting bit 0x20 lower-cases a letter and makes no other tchar a letter
+/// or `-`, so one OR per byte is exact; without an early exit the loop
+/// vectorizes.
+fn token_eq_lower(token: &[u8], lower: &[u8]) -> bool {
+    token.len() == lower.len()
+        && token
+            .iter()
+            .zip(lower)
+            .fold(0, |diff, (&t, &l)| diff | ((t | 0x20) ^ l))
+            == 0
 }
 
 enum FieldLine<'a> {
@@ -953,19 +1019,26 @@ enum FieldLine<'a> {
     Field(Option<Field>, &'a [u8]),
 }
 
-/// A non-empty line of a head's field section; None when malformed.
-fn field_line(line: &[u8]) -> Option<FieldLine<'_>> {
-    if line[0] == b' ' || line[0] == b'\t' {
-        return Some(FieldLine::Fold);
+/// The field line `bytes` begin with (not an empty line): the length of the
+/// line with its LF, and what it is (None when malformed). None when it has
+/// no LF.
+fn field_line(bytes: &[u8]) -> Option<(usize, Option<FieldLine<'_>>)> {
+    if matches!(bytes.first(), Some(b' ' | b'\t')) {
+        return Some((find_lf(bytes)? + 1, Some(FieldLine::Fold)));
     }
-    // One pass finds the colon and checks the name: the name is a token and
-    // the colon (not a tchar) the first byte after it.
-    let colon = token_len(line);
-    if colon == 0 || line.get(colon) != Some(&b':') {
-        return None;
+    // The name is checked in the pass that finds the colon (not a tchar),
+    // and the LF is looked for after it.
+    let colon = token_len(bytes);
+    if colon == 0 || bytes.get(colon) != Some(&b':') {
+        return Some((colon + find_lf(&bytes[colon..])? + 1, None));
     }
-    let name = &line[..colon];
-    Some(FieldLine::Field(Field::of(name), &line[colon + 1..]))
+    let value_at = colon + 1;
+    let lf = value_at + find_lf(&bytes[value_at..])?;
+    let field = Field::of(&bytes[..colon]);
+    Some((
+        lf + 1,
+        Some(FieldLine::Field(field, strip_cr(&bytes[value_at..lf]))),
+    ))
 }
 
 impl Framing {
@@ -1045,7 +1118,8 @@ fn lossy_string(bytes: &[u8]) -> String {
 /// `method SP target SP HTTP/1.x`. With `complete` false the line is a
 /// prefix (cut by the kernel) and may stop anywhere after the method.
 fn request_line(line: &[u8], complete: bool) -> Option<RequestLine<'_>> {
-    let sp = memchr::memchr(b' ', line)?;
+    // A method is short: no need for memchr's setup.
+    let sp = line.iter().take(MAX_METHOD + 1).position(|&b| b == b' ')?;
     let (method, rest) = (&line[..sp], &line[sp + 1..]);
     if !is_method(method) {
         return None;
@@ -1078,7 +1152,7 @@ fn request_line(line: &[u8], complete: bool) -> Option<RequestLine<'_>> {
 /// reaches the path. Errors: `BadHead` for a whole but invalid request line,
 /// `Gap` when too little was captured.
 fn cut_request(head: &[u8]) -> Result<ParsedRequest, Anomaly> {
-    let (line, mut rest) = split_line(head);
+    let (line, rest) = split_line(head);
     let complete = rest.is_some();
     let line = if complete { line } else { strip_cr(line) };
     let mut request = match request_line(line, complete).map(|l| l.request()) {
@@ -1090,17 +1164,18 @@ fn cut_request(head: &[u8]) -> Result<ParsedRequest, Anomaly> {
     // `traceparent` in the lost part goes unseen); a malformed one ends what
     // can be trusted.
     let mut trace = TraceHeaders::default();
-    while let Some(bytes) = rest {
-        let (line, next) = split_line(bytes);
-        if next.is_none() || line.is_empty() {
-            break;
+    let mut rest = rest.unwrap_or_default();
+    while empty_line(rest).is_none() {
+        match field_line(rest) {
+            Some((len, Some(line))) => {
+                match line {
+                    FieldLine::Fold => trace.fold(),
+                    FieldLine::Field(field, value) => trace.read(field, value),
+                }
+                rest = &rest[len..];
+            }
+            _ => break,
         }
-        match field_line(line) {
-            Some(FieldLine::Fold) => trace.fold(),
-            Some(FieldLine::Field(field, value)) => trace.read(field, value),
-            None => break,
-        }
-        rest = next;
     }
     Ok(ParsedRequest {
         bad_traceparent: trace.attach(&mut request),
@@ -1958,6 +2033,24 @@ mod tests {
     }
 
     #[test]
+    fn lf_is_found_a_word_at_a_time() {
+        for len in 0..40 {
+            let mut bytes = vec![b'x'; len];
+            assert_eq!(find_lf(&bytes), None, "{len}");
+            for at in 0..len {
+                bytes[at] = b'\n';
+                // Bytes just below LF, which borrows could turn into false hits.
+                if at + 1 < len {
+                    bytes[at + 1] = b'\x0b';
+                }
+                assert_eq!(find_lf(&bytes), Some(at), "{len} {at}");
+                assert_eq!(find_lf(&bytes[at + 1..]), None, "{len} {at}");
+                bytes[at] = b'\t';
+            }
+        }
+    }
+
+    #[test]
     fn one_pass_scan_ends_heads_where_find_head_end_does() {
         // Every string of up to 8 bytes over an alphabet that matters.
         let alphabet = [b'\n', b'\r', b'x'];
@@ -1982,6 +2075,23 @@ mod tests {
         let bad = b"GET / HTTP/1.1\r\nno colon\r\n\r\nGET";
         let (end, parsed) = scan_head(bad, None).unwrap();
         assert_eq!((end, parsed.err()), (bad.len() - 3, Some(Anomaly::BadHead)));
+    }
+
+    #[test]
+    fn field_names_match_ignoring_case() {
+        for (known, _) in Field::NAMES {
+            for &l in known {
+                for t in (0..=255u8).filter(|&t| token_len(&[t]) == 1) {
+                    let want = t.eq_ignore_ascii_case(&l);
+                    assert_eq!(token_eq_lower(&[t], &[l]), want, "{t:#x} {l:#x}");
+                }
+            }
+            let upper = known.to_ascii_uppercase();
+            assert_eq!(Field::of(&upper), Field::of(known));
+            assert!(Field::of(known).is_some());
+        }
+        assert_eq!(Field::of(b"Connection"), None);
+        assert_eq!(Field::of(b"Content-Lengtx"), None);
     }
 
     #[test]
