@@ -100,6 +100,18 @@ use crate::exchange::{
 };
 use crate::http1::{Answering, Input, Kind, Output, Parser, RequestHead};
 
+/// Where the tracker's observations go, in order: straight to the stages
+/// after it in the daemon (no staging copy of each), or a `Vec`.
+pub trait Observer {
+    fn observe(&mut self, observation: Observation);
+}
+
+impl Observer for Vec<Observation> {
+    fn observe(&mut self, observation: Observation) {
+        self.push(observation);
+    }
+}
+
 /// Limits of the tracker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackerConfig {
@@ -176,7 +188,7 @@ impl Tracker {
     }
 
     /// Consumes one event (in ring-buffer order) and appends what it caused.
-    pub fn handle<P: AsRef<[u8]>>(&mut self, event: &Event<P>, out: &mut Vec<Observation>) {
+    pub fn handle<P: AsRef<[u8]>>(&mut self, event: &Event<P>, out: &mut dyn Observer) {
         match event {
             Event::Open(open) => self.open(open, out),
             Event::Data(data) => {
@@ -212,7 +224,7 @@ impl Tracker {
     /// Buries connections idle for longer than the idle timeout. `now_ns` is
     /// on the events' clock (CLOCK_MONOTONIC). Costs O(live connections): call
     /// it every few seconds, not per event.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Observation>) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut dyn Observer) {
         let idle_ns = self.config.idle_timeout_ns;
         let mut expired = std::mem::take(&mut self.expired);
         expired.extend(
@@ -233,7 +245,7 @@ impl Tracker {
         self.expired = expired;
     }
 
-    fn open(&mut self, open: &ConnOpen, out: &mut Vec<Observation>) {
+    fn open(&mut self, open: &ConnOpen, out: &mut dyn Observer) {
         // An id still naming a connection, open or not (its fd closed while
         // another fd keeps the socket): announced twice, what is known stays.
         if self.ids.contains_key(&open.conn_id)
@@ -250,7 +262,7 @@ impl Tracker {
             }
         }
         if self.conns.len() >= self.config.max_connections {
-            out.push(Observation::Anomaly(Anomaly::TooManyConnections));
+            out.observe(Observation::Anomaly(Anomaly::TooManyConnections));
             return;
         }
         self.conns.insert(open.conn_id, Conn::new(open));
@@ -285,15 +297,15 @@ impl Tracker {
 
     /// Revives the buried connection `key` (that of an fd with data, not
     /// live). None, counted, when there is none.
-    fn revive(&mut self, key: Option<u64>, out: &mut Vec<Observation>) -> Option<u64> {
+    fn revive(&mut self, key: Option<u64>, out: &mut dyn Observer) -> Option<u64> {
         let buried = key.and_then(|key| self.graves.remove(key).map(|grave| (key, grave)));
         let Some((key, grave)) = buried else {
-            out.push(Observation::Anomaly(Anomaly::UnknownConnection));
+            out.observe(Observation::Anomaly(Anomaly::UnknownConnection));
             return None;
         };
         if self.conns.len() >= self.config.max_connections {
             // As for a new connection: counted once, its data unknown from now on.
-            out.push(Observation::Anomaly(Anomaly::TooManyConnections));
+            out.observe(Observation::Anomaly(Anomaly::TooManyConnections));
             self.unindex(key, &grave.who);
             return None;
         }
@@ -606,7 +618,7 @@ impl Conn {
 
     /// Idle past the timeout: ends what is outstanding (`Expired`) and keeps
     /// what a revival needs.
-    fn expire(mut self, out: &mut Vec<Observation>) -> Grave {
+    fn expire(mut self, out: &mut dyn Observer) -> Grave {
         let quiet = self.aligned
             && self.pending.is_empty()
             && self.inbound.is_idle()
@@ -657,7 +669,7 @@ impl Conn {
         data: &Data<P>,
         last_id: &mut RequestId,
         max_pending: usize,
-        out: &mut Vec<Observation>,
+        out: &mut dyn Observer,
     ) {
         self.last_ns = data.ts_ns;
         let mut input = Input::new(data.payload.as_ref(), data.total_len, data.ts_ns, data.tid);
@@ -692,7 +704,7 @@ impl Conn {
                     complete,
                 } => self.finish_front(end_ns, body_bytes, complete, out),
                 Output::Desync(why) => {
-                    out.push(Observation::Anomaly(why));
+                    out.observe(Observation::Anomaly(why));
                     self.desync(out);
                 }
             }
@@ -708,7 +720,7 @@ impl Conn {
         id: RequestId,
         head: RequestHead,
         max_pending: usize,
-        out: &mut Vec<Observation>,
+        out: &mut dyn Observer,
     ) {
         let RequestHead {
             request,
@@ -719,7 +731,7 @@ impl Conn {
         } = head;
         let seq = self.requests_seen;
         self.requests_seen += 1;
-        out.push(Observation::Started(Started {
+        out.observe(Observation::Started(Started {
             id,
             at: self.who.at.clone(),
             request: request.clone(),
@@ -728,13 +740,13 @@ impl Conn {
             seq,
         }));
         if bad_traceparent {
-            out.push(Observation::Anomaly(Anomaly::BadTraceparent));
+            out.observe(Observation::Anomaly(Anomaly::BadTraceparent));
         }
         if cut {
-            out.push(Observation::Anomaly(Anomaly::Gap));
+            out.observe(Observation::Anomaly(Anomaly::Gap));
         }
         if self.pending.len() >= max_pending {
-            out.push(Observation::Abandoned {
+            out.observe(Observation::Abandoned {
                 id,
                 at: self.who.at.clone(),
                 reason: AbandonReason::QueueFull,
@@ -776,7 +788,7 @@ impl Conn {
         }
     }
 
-    fn on_response(&mut self, status: u16, tunnel: bool, out: &mut Vec<Observation>) {
+    fn on_response(&mut self, status: u16, tunnel: bool, out: &mut dyn Observer) {
         if tunnel {
             self.tunnel = true;
             self.streams().0.tunnel();
@@ -788,7 +800,7 @@ impl Conn {
         match self.pending.front_mut() {
             Some(p) if p.verified => p.status = Some(status),
             Some(_) => self.desync(out),
-            None if self.aligned => out.push(Observation::Anomaly(Anomaly::UnpairedResponse)),
+            None if self.aligned => out.observe(Observation::Anomaly(Anomaly::UnpairedResponse)),
             None => {}
         }
     }
@@ -799,7 +811,7 @@ impl Conn {
         end_ns: u64,
         response_body_bytes: u64,
         complete: bool,
-        out: &mut Vec<Observation>,
+        out: &mut dyn Observer,
     ) {
         // No status: the response was not paired (see `on_response`).
         let Some(status) = self.pending.front().and_then(|p| p.status) else {
@@ -810,7 +822,7 @@ impl Conn {
             let request_body_bytes = p
                 .body_bytes
                 .unwrap_or_else(|| self.streams().0.body_bytes());
-            out.push(Observation::Finished(Finished {
+            out.observe(Observation::Finished(Finished {
                 id: p.id,
                 at: self.who.at.clone(),
                 request: p.request,
@@ -826,14 +838,14 @@ impl Conn {
         }
     }
 
-    fn desync(&mut self, out: &mut Vec<Observation>) {
+    fn desync(&mut self, out: &mut dyn Observer) {
         self.abandon_all(AbandonReason::Desync, out);
         self.aligned = false;
     }
 
-    fn abandon_all(&mut self, reason: AbandonReason, out: &mut Vec<Observation>) {
+    fn abandon_all(&mut self, reason: AbandonReason, out: &mut dyn Observer) {
         for p in self.pending.drain(..) {
-            out.push(Observation::Abandoned {
+            out.observe(Observation::Abandoned {
                 id: p.id,
                 at: self.who.at.clone(),
                 reason,
@@ -843,10 +855,10 @@ impl Conn {
 
     /// The connection is gone: a response in progress ends where its last
     /// byte was seen; unanswered requests are abandoned for `reason`.
-    fn shut(&mut self, reason: AbandonReason, out: &mut Vec<Observation>) {
+    fn shut(&mut self, reason: AbandonReason, out: &mut dyn Observer) {
         let (requests, responses) = self.streams();
         if requests.in_head() || responses.in_head() {
-            out.push(Observation::Anomaly(Anomaly::BadHead));
+            out.observe(Observation::Anomaly(Anomaly::BadHead));
         }
         if let Some(Output::End {
             body_bytes,
