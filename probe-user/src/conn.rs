@@ -101,14 +101,16 @@ use crate::exchange::{
 use crate::http1::{Answering, Input, Kind, Output, Parser, RequestHead};
 
 /// Where the tracker's observations go, in order: straight to the stages
-/// after it in the daemon (no staging copy of each), or a `Vec`.
+/// after it in the daemon, or a `Vec`. Observers only look, so the tracker
+/// keeps what it still needs (a started request waits for its response)
+/// without a copy.
 pub trait Observer {
-    fn observe(&mut self, observation: Observation);
+    fn observe(&mut self, observation: &Observation);
 }
 
 impl Observer for Vec<Observation> {
-    fn observe(&mut self, observation: Observation) {
-        self.push(observation);
+    fn observe(&mut self, observation: &Observation) {
+        self.push(observation.clone());
     }
 }
 
@@ -262,7 +264,7 @@ impl Tracker {
             }
         }
         if self.conns.len() >= self.config.max_connections {
-            out.observe(Observation::Anomaly(Anomaly::TooManyConnections));
+            out.observe(&Observation::Anomaly(Anomaly::TooManyConnections));
             return;
         }
         self.conns.insert(open.conn_id, Conn::new(open));
@@ -300,12 +302,12 @@ impl Tracker {
     fn revive(&mut self, key: Option<u64>, out: &mut dyn Observer) -> Option<u64> {
         let buried = key.and_then(|key| self.graves.remove(key).map(|grave| (key, grave)));
         let Some((key, grave)) = buried else {
-            out.observe(Observation::Anomaly(Anomaly::UnknownConnection));
+            out.observe(&Observation::Anomaly(Anomaly::UnknownConnection));
             return None;
         };
         if self.conns.len() >= self.config.max_connections {
             // As for a new connection: counted once, its data unknown from now on.
-            out.observe(Observation::Anomaly(Anomaly::TooManyConnections));
+            out.observe(&Observation::Anomaly(Anomaly::TooManyConnections));
             self.unindex(key, &grave.who);
             return None;
         }
@@ -704,7 +706,7 @@ impl Conn {
                     complete,
                 } => self.finish_front(end_ns, body_bytes, complete, out),
                 Output::Desync(why) => {
-                    out.observe(Observation::Anomaly(why));
+                    out.observe(&Observation::Anomaly(why));
                     self.desync(out);
                 }
             }
@@ -731,22 +733,23 @@ impl Conn {
         } = head;
         let seq = self.requests_seen;
         self.requests_seen += 1;
-        out.observe(Observation::Started(Started {
+        let started = Observation::Started(Started {
             id,
             at: self.who.at.clone(),
-            request: request.clone(),
+            request,
             start_ns,
             tid,
             seq,
-        }));
+        });
+        out.observe(&started);
         if bad_traceparent {
-            out.observe(Observation::Anomaly(Anomaly::BadTraceparent));
+            out.observe(&Observation::Anomaly(Anomaly::BadTraceparent));
         }
         if cut {
-            out.observe(Observation::Anomaly(Anomaly::Gap));
+            out.observe(&Observation::Anomaly(Anomaly::Gap));
         }
         if self.pending.len() >= max_pending {
-            out.observe(Observation::Abandoned {
+            out.observe(&Observation::Abandoned {
                 id,
                 at: self.who.at.clone(),
                 reason: AbandonReason::QueueFull,
@@ -763,18 +766,20 @@ impl Conn {
         } else if self.aligned {
             self.pipelined = true;
         }
-        self.pending.push_back(Pending {
-            id,
-            answering: Answering::of(&request.method),
-            request,
-            start_ns,
-            tid,
-            seq,
-            verified: self.aligned,
-            // The framing of a cut head is unknown, its body too.
-            body_bytes: cut.then_some(0),
-            status: None,
-        });
+        if let Observation::Started(Started { request, .. }) = started {
+            self.pending.push_back(Pending {
+                id,
+                answering: Answering::of(&request.method),
+                request,
+                start_ns,
+                tid,
+                seq,
+                verified: self.aligned,
+                // The framing of a cut head is unknown, its body too.
+                body_bytes: cut.then_some(0),
+                status: None,
+            });
+        }
         if cut {
             self.aligned = false;
         }
@@ -800,7 +805,7 @@ impl Conn {
         match self.pending.front_mut() {
             Some(p) if p.verified => p.status = Some(status),
             Some(_) => self.desync(out),
-            None if self.aligned => out.observe(Observation::Anomaly(Anomaly::UnpairedResponse)),
+            None if self.aligned => out.observe(&Observation::Anomaly(Anomaly::UnpairedResponse)),
             None => {}
         }
     }
@@ -822,7 +827,7 @@ impl Conn {
             let request_body_bytes = p
                 .body_bytes
                 .unwrap_or_else(|| self.streams().0.body_bytes());
-            out.observe(Observation::Finished(Finished {
+            out.observe(&Observation::Finished(Finished {
                 id: p.id,
                 at: self.who.at.clone(),
                 request: p.request,
@@ -845,7 +850,7 @@ impl Conn {
 
     fn abandon_all(&mut self, reason: AbandonReason, out: &mut dyn Observer) {
         for p in self.pending.drain(..) {
-            out.observe(Observation::Abandoned {
+            out.observe(&Observation::Abandoned {
                 id: p.id,
                 at: self.who.at.clone(),
                 reason,
@@ -858,7 +863,7 @@ impl Conn {
     fn shut(&mut self, reason: AbandonReason, out: &mut dyn Observer) {
         let (requests, responses) = self.streams();
         if requests.in_head() || responses.in_head() {
-            out.observe(Observation::Anomaly(Anomaly::BadHead));
+            out.observe(&Observation::Anomaly(Anomaly::BadHead));
         }
         if let Some(Output::End {
             body_bytes,

@@ -200,10 +200,10 @@ impl<'a> Stages<'a> {
 }
 
 impl Observer for Stages<'_> {
-    fn observe(&mut self, observation: Observation) {
-        self.aggregator.observe(&observation, self.names);
+    fn observe(&mut self, observation: &Observation) {
+        self.aggregator.observe(observation, self.names);
         if let Some(t) = &mut self.tracing {
-            t.assembler.observe(&observation, self.names, &mut t.spans);
+            t.assembler.observe(observation, self.names, &mut t.spans);
         }
     }
 }
