@@ -284,7 +284,17 @@ impl Parser {
     /// The next message boundary in `input`, or None once `input` is used up.
     /// Call it until it returns None. `answering` describes the request the
     /// next response head answers (ignored for requests).
+    #[inline]
     pub fn next(&mut self, input: &mut Input<'_>, answering: Answering) -> Option<Output> {
+        // Most calls end a read or write that ended a message: answered
+        // here, without the state machine's call.
+        if self.state == State::Idle && input.is_exhausted() {
+            return None;
+        }
+        self.step(input, answering)
+    }
+
+    fn step(&mut self, input: &mut Input<'_>, answering: Answering) -> Option<Output> {
         loop {
             let step = match self.state {
                 State::Idle => self.idle(input),
