@@ -7,7 +7,9 @@
 //! Observations arrive at 100k+/s, so label values are resolved to small ids
 //! (`route::Namer`) and metric children are cached per id tuple: once warm,
 //! the hot path is a few hash lookups and no allocation.
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use foldhash::{HashMap, HashMapExt};
 
 use probe_common::counter;
 use prometheus::{
@@ -149,11 +151,20 @@ impl Target {
 }
 
 /// Labels of the active-request gauges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ActiveKey {
     service: ServiceId,
     method: &'static str,
     target: Target,
+}
+
+/// Hashes the ids and leaves the method out: hashing its text cost more
+/// than the rare collision of two methods of one route, which `Eq` sorts out.
+impl Hash for ActiveKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.service.hash(state);
+        self.target.hash(state);
+    }
 }
 
 impl ActiveKey {
@@ -163,11 +174,19 @@ impl ActiveKey {
 }
 
 /// Labels of the per-exchange histograms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ExchangeKey {
     active: ActiveKey,
     status: u16,
     version: &'static str,
+}
+
+/// As for `ActiveKey`: the version, nearly always the same, is left out.
+impl Hash for ExchangeKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.active.hash(state);
+        self.status.hash(state);
+    }
 }
 
 /// The metric families of one side (`http_server_*` or `http_client_*`).
@@ -341,7 +360,7 @@ impl Aggregator {
     }
 
     fn active_key(&mut self, at: &Endpoint, request: &Request, names: &mut Names) -> ActiveKey {
-        let service = self.namer.service(names.service_name(at.tgid));
+        let service = names.service_id(at.tgid, &mut self.namer);
         let target = match at.side {
             Side::Server => Target::Route(self.namer.route(
                 service,
@@ -386,7 +405,8 @@ impl Aggregator {
         if let Some(kind) = key.active.target.overflow() {
             self.series_dropped.with_label_values(&[kind]).inc();
         }
-        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+        // Cheap test first: the lookup is needed only once the budget is spent.
+        if self.series.len() >= self.max_series && !self.series.contains_key(&key) {
             self.series_dropped.with_label_values(&[DROP_SERIES]).inc();
             key.active.service = ServiceId::OVERFLOW;
             key.active.target = key.active.target.to_overflow();
