@@ -794,7 +794,7 @@ enum Coding {
     Other,
 }
 
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Framing {
     content_length: Option<u64>,
     transfer_encoding: Option<Coding>,
@@ -926,8 +926,10 @@ impl<'a> HeadLines<'a> {
         Some((len, parsed))
     }
 
-    fn finish(self) -> ParsedHead {
-        let mut start = self.start.ok_or(Anomaly::BadHead)?;
+    /// What the head holds, once its empty line was reached. By reference:
+    /// moving the whole of `self` costs a memcpy call per head.
+    fn finish(&mut self) -> ParsedHead {
+        let mut start = self.start.take().ok_or(Anomaly::BadHead)?;
         if let StartLine::Request(parsed) = &mut start {
             parsed.bad_traceparent = self.trace.attach(&mut parsed.request);
         }

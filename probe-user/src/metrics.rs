@@ -37,18 +37,44 @@ pub const BODY_SIZE_BUCKETS: [f64; 12] = [
     16777216.0,
 ];
 
-/// Methods OpenTelemetry names as themselves; any other is [`OTHER_METHOD`].
-const KNOWN_METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
 pub const OTHER_METHOD: &str = "_OTHER";
+/// Values of `http_request_method`: the methods OpenTelemetry names as
+/// themselves, then [`OTHER_METHOD`] for any other.
+const METHOD_LABELS: [&str; 10] = [
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    OTHER_METHOD,
+];
+
+/// A method's label as its index in `METHOD_LABELS`: keys compare and hash
+/// a number, not text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct MethodLabel(u8);
+
+impl MethodLabel {
+    fn of(method: &str) -> Self {
+        let known = METHOD_LABELS.len() - 1;
+        let index = METHOD_LABELS[..known]
+            .iter()
+            .position(|&m| m == method)
+            .unwrap_or(known);
+        MethodLabel(index as u8)
+    }
+
+    fn label(self) -> &'static str {
+        METHOD_LABELS[usize::from(self.0)]
+    }
+}
 
 pub(crate) fn method_label(method: &str) -> &'static str {
-    KNOWN_METHODS
-        .iter()
-        .find(|&&m| m == method)
-        .copied()
-        .unwrap_or(OTHER_METHOD)
+    MethodLabel::of(method).label()
 }
 
 const SERVER_LABELS: [&str; 3] = ["service_name", "http_request_method", "http_route"];
@@ -154,16 +180,19 @@ impl Target {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ActiveKey {
     service: ServiceId,
-    method: &'static str,
+    method: MethodLabel,
     target: Target,
 }
 
-/// Hashes the ids and leaves the method out: hashing its text cost more
-/// than the rare collision of two methods of one route, which `Eq` sorts out.
+/// One word: the service and target ids. Method and side are left out;
+/// keys differing only there are few, and `Eq` tells them apart.
 impl Hash for ActiveKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.service.hash(state);
-        self.target.hash(state);
+        let target = match self.target {
+            Target::Route(r) => r.index(),
+            Target::Peer(p) => p.index(),
+        };
+        state.write_u64(u64::from(self.service.index()) << 32 | u64::from(target));
     }
 }
 
@@ -178,7 +207,34 @@ impl ActiveKey {
 struct ExchangeKey {
     active: ActiveKey,
     status: u16,
-    version: &'static str,
+    version: VersionLabel,
+}
+
+/// `network_protocol_version`: the two versions there are compare as tags,
+/// not text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VersionLabel {
+    Http10,
+    Http11,
+    Other(&'static str),
+}
+
+impl VersionLabel {
+    fn of(version: &'static str) -> Self {
+        match version {
+            "1.0" => VersionLabel::Http10,
+            "1.1" => VersionLabel::Http11,
+            other => VersionLabel::Other(other),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            VersionLabel::Http10 => "1.0",
+            VersionLabel::Http11 => "1.1",
+            VersionLabel::Other(other) => other,
+        }
+    }
 }
 
 /// As for `ActiveKey`: the version, nearly always the same, is left out.
@@ -342,7 +398,7 @@ impl Aggregator {
                 let key = ExchangeKey {
                     active: key,
                     status: f.status,
-                    version: f.request.version,
+                    version: VersionLabel::of(f.request.version),
                 };
                 self.exchange_series(key).observe(f);
                 if !f.complete {
@@ -371,7 +427,7 @@ impl Aggregator {
         };
         ActiveKey {
             service,
-            method: method_label(&request.method),
+            method: MethodLabel::of(&request.method),
             target,
         }
     }
@@ -420,7 +476,7 @@ impl Aggregator {
         } = self;
         series.entry(key).or_insert_with(|| {
             let mut labels = active_labels(namer, key.active);
-            labels.extend([key.status.to_string(), key.version.to_owned()]);
+            labels.extend([key.status.to_string(), key.version.label().to_owned()]);
             let family = if key.active.server_side() {
                 &*server
             } else {
@@ -439,7 +495,7 @@ impl Aggregator {
 fn active_labels(namer: &Namer, key: ActiveKey) -> Vec<String> {
     let mut labels = vec![
         namer.service_label(key.service).to_owned(),
-        key.method.to_owned(),
+        key.method.label().to_owned(),
     ];
     match key.target {
         Target::Route(r) => labels.push(namer.route_label(key.service, r).to_owned()),

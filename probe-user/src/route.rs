@@ -145,6 +145,11 @@ impl Default for Limits {
 pub struct ServiceId(u32);
 
 impl ServiceId {
+    /// The number behind the id, for hashing keys made of ids.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
     pub const OVERFLOW: ServiceId = ServiceId(0);
 
     pub fn is_overflow(self) -> bool {
@@ -157,6 +162,11 @@ impl ServiceId {
 pub struct RouteId(u32);
 
 impl RouteId {
+    /// The number behind the id, for hashing keys made of ids.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
     pub const OVERFLOW: RouteId = RouteId(u32::MAX);
 
     pub fn is_overflow(self) -> bool {
@@ -169,6 +179,11 @@ impl RouteId {
 pub struct PeerId(u32);
 
 impl PeerId {
+    /// The number behind the id, for hashing keys made of ids.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
     pub const OVERFLOW: PeerId = PeerId(u32::MAX);
 
     pub fn is_overflow(self) -> bool {
