@@ -147,9 +147,11 @@ mod tests {
         prog_jited:\t1\nprog_tag:\tcfeb43f87c537820\nmemlock:\t4096\nprog_id:\t6349\n\
         run_time_ns:\t81234\nrun_cnt:\t97\nrecursion_misses:\t0\nverified_insns:\t117\n";
     const LINK: &str = "pos:\t0\nflags:\t02000000\nmnt_id:\t17\nino:\t1038\nlink_type:\tperf\n\
-        link_id:\t201\nprog_tag:\tcfeb43f87c537820\nprog_id:\t6349\n";
-    const MAP: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\nmap_type:\t27\n\
-        key_size:\t0\nvalue_size:\t0\nmax_entries:\t8388608\nmap_flags:\t0x0\nmap_id:\t88\n";
+        link_id:\t11331\nprog_tag:\tcfeb43f87c537820\nprog_id:\t7551\n\
+        tp_name:\tsys_enter_read\nevent_type:\ttracepoint\ncookie:\t0\n";
+    const MAP: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\nmap_type:\t6\n\
+        key_size:\t4\nvalue_size:\t8\nmax_entries:\t7\nmap_flags:\t0x0\nmap_extra:\t0x0\n\
+        memlock:\t480\nmap_id:\t5145\nfrozen:\t0\n";
     const SOCKET: &str = "pos:\t0\nflags:\t02\nmnt_id:\t9\nino:\t44231\n";
 
     #[test]
