@@ -204,15 +204,14 @@ pub fn run(bench: &Bench, spec: RunSpec) -> Result<(Record, Vec<Violation>)> {
             let cpu_ns = procfs::cpu_ns(daemon.pid())? - cpu_before;
             let memory = procfs::memory(daemon.pid())?;
             let expect_counts = spec.mode.counts_requests();
-            let (counters, spans_received, scrape) = settle(&daemon, |scrape| {
+            let ((counters, spans_received), scrape) = settle(&daemon, |scrape| {
                 let counters = Counters::of(scrape, &bench.service);
                 let received = daemon.spans_received();
                 let agrees = !expect_counts
                     || (counters.root_requests == served as f64
                         && received.is_none_or(|r| r as f64 == counters.spans_exported));
                 ((counters, received), agrees)
-            })
-            .map(|((counters, received), scrape)| (counters, received, scrape))?;
+            })?;
             if expect_counts {
                 violations = check(&spec, served, &counters, spans_received);
                 if !violations.is_empty() {
