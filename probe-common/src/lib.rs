@@ -18,7 +18,6 @@ pub const COMM_LEN: usize = 16;
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const CONNS: &str = "CONNS";
-    pub const CALLS: &str = "CALLS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const PORT_FILTER: &str = "PORT_FILTER";
@@ -83,7 +82,7 @@ pub mod role {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the syscall returned.
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the socket call moved the data.
     pub ts_ns: u64,
     /// Kernel-assigned id, unique per tracked connection for this boot.
     pub conn_id: u64,
@@ -99,7 +98,7 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DataEvent {
     pub hdr: EventHeader,
-    /// Bytes the syscall moved (its return value).
+    /// Bytes the socket call moved (its return value).
     pub total_len: u32,
     /// Bytes of payload that follow (a prefix of the data moved).
     pub captured: u32,
@@ -164,40 +163,24 @@ pub struct ConnState {
 }
 const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
 
-/// Value of the kernel's table of syscalls in progress (`CALLS`, keyed by
-/// pid_tgid): the arguments kept from entry to exit. Userspace only sweeps
-/// it (entries of threads that died inside a call).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Call {
-    /// Buffer, iovec array or msghdr, depending on `op`.
-    pub buf: u64,
-    /// `struct sock *`, set by `sock_*_length` when the fd is a TCP socket.
-    pub sk: u64,
-    pub fd: u32,
-    pub op: u32,
-    pub vlen: u32,
-    pub _pad: u32,
-}
-const _: () = assert!(core::mem::size_of::<Call>() == 32);
-
 /// Per-CPU counters of the kernel side; their index in `COUNTERS`.
 pub mod counter {
     /// Records that did not fit in the ring buffer.
     pub const RINGBUF_FULL: u32 = 0;
     /// Connections not tracked because `CONNS` was full.
     pub const CONN_TABLE_FULL: u32 = 1;
-    /// Syscalls not followed because `CALLS` could not take their arguments.
-    pub const CALL_TABLE_FULL: u32 = 2;
     /// Data records written to the ring buffer.
-    pub const DATA_EVENTS: u32 = 3;
+    pub const DATA_EVENTS: u32 = 2;
     /// Payloads that could not be copied from user memory.
-    pub const COPY_FAILED: u32 = 4;
+    pub const COPY_FAILED: u32 = 3;
     /// Connections classified as not HTTP/1.x (given up after repeated
     /// non-HTTP payloads, or closed after one without any HTTP).
-    pub const NOT_HTTP: u32 = 5;
+    pub const NOT_HTTP: u32 = 4;
     /// Children of observed processes not followed because `PID_FILTER` was full.
-    pub const PID_TABLE_FULL: u32 = 6;
+    pub const PID_TABLE_FULL: u32 = 5;
+    /// TCP payloads moved by a call whose buffers sonde does not read
+    /// (io_uring, splice, sendmmsg, recvmmsg, 32-bit syscalls).
+    pub const UNSUPPORTED_CALL: u32 = 6;
     pub const COUNT: u32 = 7;
 }
 
@@ -208,5 +191,4 @@ mod user {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnState {}
-    unsafe impl aya::Pod for Call {}
 }

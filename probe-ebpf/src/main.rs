@@ -1,18 +1,27 @@
-//! Kernel half of sonde: syscall tracepoints that see every socket read and
+//! Kernel half of sonde: tracepoints that see every TCP socket read and
 //! write of every process, keep the ones that carry HTTP/1.x and hand them to
 //! userspace through one ring buffer.
 //!
-//! The kernel does only the cheap part (as Beyla does): it remembers a
-//! syscall's arguments at entry, learns from `sock:sock_{recv,send}_length`
-//! (which fire inside the syscall, in the same task) that the fd is a TCP
-//! socket and which `struct sock` it is, and at exit classifies the
-//! connection by a fixed prefix (`GET `, `HTTP/1.`…), copies a bounded prefix
-//! of the payload and timestamps it. Userspace parses and pairs.
+//! The data path is one program per socket call, on `sock:sock_recv_length`
+//! and `sock:sock_send_length`. They fire inside the socket layer, in the
+//! calling task, after the payload has moved: the tracepoint names the
+//! `struct sock`, its family and protocol and the byte count, and the
+//! syscall's own arguments (fd, buffer, iovecs) are still in the task's saved
+//! user registers. So no syscall entry has to be remembered, reads and writes
+//! of files, pipes and non-TCP sockets never run a program at all, and a
+//! server thread that was already blocked in recv when sonde attached is seen
+//! like any other. The kernel does only the cheap part (as Beyla does): it
+//! classifies a connection by a fixed prefix (`GET `, `HTTP/1.`…), copies a
+//! bounded prefix of the payload and timestamps it. Userspace parses and
+//! pairs.
 //!
-//! Everything not wanted is dropped as early as possible: other processes by
-//! the pid filter, non-sockets at exit (no `sock_*_length` fired), non-TCP by
-//! family/protocol, and non-HTTP connections after their first payloads
-//! (`proto::OTHER`, checked at syscall entry so those calls cost one lookup).
+//! Syscall tracepoints remain only where a connection starts or ends (accept,
+//! connect: the role; close: the end), not per request.
+//!
+//! Everything not wanted is dropped as early as possible: non-TCP by
+//! family/protocol from the tracepoint itself, sonde and filtered-out
+//! processes by tgid, and non-HTTP connections after their first payloads
+//! (`proto::OTHER`, one lookup per call from then on).
 #![no_std]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -30,10 +39,11 @@ use aya_ebpf::{
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
+    EbpfContext,
 };
 use probe_common::{
-    counter, kind, proto, role, Call, Config, ConnEvent, ConnKey, ConnState, DataEvent,
-    EventHeader, MAX_CAPTURE,
+    counter, kind, proto, role, Config, ConnEvent, ConnKey, ConnState, DataEvent, EventHeader,
+    MAX_CAPTURE,
 };
 
 /// Set by userspace at load time (read-only data section).
@@ -64,12 +74,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map(name = "CONNS")]
 static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(65536, 0);
 
-/// Arguments of a syscall in progress, keyed by pid_tgid (one per thread).
-/// Not LRU: an eviction would lose a call silently, while a failed insert is
-/// counted. Entries of threads that died inside a call are swept by userspace.
-#[map(name = "CALLS")]
-static CALLS: HashMap<u64, Call> = HashMap::with_max_entries(16384, 0);
-
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
@@ -98,25 +102,34 @@ struct Record {
 }
 const HDR_LEN: usize = core::mem::size_of::<DataEvent>();
 
-mod op {
-    /// The entry was missed (the thread was already blocked in the call when
-    /// sonde attached): recovered at exit from the syscall number and the
-    /// saved user registers.
-    pub const MISSED_ENTRY: u32 = 0;
-    pub const READ: u32 = 1;
-    pub const READV: u32 = 2;
-    pub const RECVMSG: u32 = 3;
-    pub const WRITE: u32 = 4;
-    pub const WRITEV: u32 = 5;
-    pub const SENDMSG: u32 = 6;
-    pub const SENDFILE: u32 = 7;
-    pub const ACCEPT: u32 = 8;
-    pub const CONNECT: u32 = 9;
+/// How the syscall that moved the data passed its buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Buf {
+    /// read, recvfrom, write, sendto: one buffer.
+    Flat,
+    /// readv, writev: an iovec array and its length.
+    Vector,
+    /// recvmsg, sendmsg: a msghdr.
+    Msg,
+    /// sendfile: the data came from a file; only its length is known.
+    None,
+}
+
+/// A socket call in progress: the socket from the tracepoint, the rest
+/// rebuilt from the task's saved user registers.
+struct Call {
+    sk: u64,
+    fd: u32,
+    inbound: bool,
+    buf: u64,
+    vlen: u64,
+    how: Buf,
 }
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
+const MSG_PEEK: i32 = 2;
 const EINPROGRESS: i64 = 115;
 /// iovecs looked at per call: HTTP heads sit in the first ones.
 const MAX_IOV: u32 = 4;
@@ -125,6 +138,14 @@ const MAX_MISSES: u32 = 4;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// A field of the tracepoint's record, by its offset in the `format` file.
+/// A plain load: the verifier checks it against the record's bounds, and
+/// unlike `read_at` it costs no helper call.
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(off) as *const T) }
+}
 
 #[inline(always)]
 fn count(idx: u32) {
@@ -142,10 +163,14 @@ fn tgid_wanted(cfg: &Config, tgid: u32) -> bool {
 }
 
 /// Ring-buffer flags: no wakeup per record; the reader drains on a timer,
-/// unless so much is waiting that it should come now.
+/// unless so much is waiting that it should come now. Asking the ring buffer
+/// how full it is reads the reader's position (a cache line the reader
+/// writes), so each CPU asks once every 64 of its data records, which the
+/// margin between `wakeup_bytes` and the buffer's size absorbs.
 #[inline(always)]
 fn rb_flags(cfg: &Config) -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) > cfg.wakeup_bytes as u64 {
+    let written = COUNTERS.get(counter::DATA_EVENTS).copied().unwrap_or(0);
+    if written % 64 == 0 && EVENTS.query(BPF_RB_AVAIL_DATA) > cfg.wakeup_bytes as u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -159,191 +184,199 @@ fn output<T>(cfg: &Config, value: &T) {
     }
 }
 
-// ---------------------------------------------------------------- entries
+// ---------------------------------------------------------------- registers
 
+/// The calling task's saved user registers, read through the BTF-typed
+/// pointer the kernel hands out (plain loads, no helper call per field).
+/// `None` for kernel threads and io_uring workers, whose saved registers are
+/// zeroed and do not describe a syscall of theirs.
 #[inline(always)]
-fn enter(cfg: &Config, op: u32, fd: u64, buf: u64, vlen: u64) -> Result<u32, u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !tgid_wanted(cfg, tgid) {
-        return Ok(0);
-    }
-    let fd = fd as u32;
-    if op != op::ACCEPT {
-        // Known non-HTTP connections stop here, at one lookup per call.
-        if let Some(c) = unsafe { CONNS.get(ConnKey { tgid, fd }) } {
-            if c.proto == proto::OTHER {
-                return Ok(0);
-            }
-        }
-    }
-    let call = Call {
-        buf,
-        sk: 0,
-        fd,
-        op,
-        vlen: vlen as u32,
-        _pad: 0,
-    };
-    if CALLS.insert(pid_tgid, call, 0).is_err() {
-        count(counter::CALL_TABLE_FULL);
-    }
-    Ok(0)
-}
-
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // Syscall tracepoint arguments are 8-byte slots from offset 16.
-    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
-}
-
-macro_rules! entry {
-    ($name:ident, $op:expr, buf = $buf:expr, vlen = $vlen:expr) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            let cfg = config();
-            let (buf, vlen) = ($buf(&ctx), $vlen(&ctx));
-            match enter(&cfg, $op, arg(&ctx, 0), buf, vlen) {
-                Ok(r) | Err(r) => r,
-            }
-        }
-    };
-}
-
-fn a1(ctx: &TracePointContext) -> u64 {
-    arg(ctx, 1)
-}
-fn a2(ctx: &TracePointContext) -> u64 {
-    arg(ctx, 2)
-}
-fn none(_: &TracePointContext) -> u64 {
-    0
-}
-
-// read(fd, buf, count) and recvfrom(fd, buf, len, …) share a layout.
-entry!(enter_read, op::READ, buf = a1, vlen = none);
-entry!(enter_readv, op::READV, buf = a1, vlen = a2);
-entry!(enter_recvmsg, op::RECVMSG, buf = a1, vlen = none);
-entry!(enter_write, op::WRITE, buf = a1, vlen = none);
-entry!(enter_writev, op::WRITEV, buf = a1, vlen = a2);
-entry!(enter_sendmsg, op::SENDMSG, buf = a1, vlen = none);
-entry!(enter_sendfile, op::SENDFILE, buf = none, vlen = none);
-entry!(enter_accept, op::ACCEPT, buf = none, vlen = none);
-entry!(enter_connect, op::CONNECT, buf = none, vlen = none);
-
-/// `sock:sock_recv_length` / `sock:sock_send_length`: fired inside the
-/// socket call, in the calling task. Marks the pending call as a TCP socket.
-#[tracepoint]
-pub fn sock_length(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let family = unsafe { ctx.read_at::<u16>(16) }.unwrap_or(0);
-    let protocol = unsafe { ctx.read_at::<u16>(18) }.unwrap_or(0);
-    if !((family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP) {
-        return 0;
-    }
-    let sk = unsafe { ctx.read_at::<u64>(8) }.unwrap_or(0);
-    match CALLS.get_ptr_mut(pid_tgid) {
-        Some(call) => unsafe { (*call).sk = sk },
-        None => {
-            // A call whose entry we did not see: typically a server thread
-            // that was blocked in recv on a keep-alive connection when sonde
-            // attached. Its exit recovers the arguments.
-            let cfg = config();
-            if tgid_wanted(&cfg, (pid_tgid >> 32) as u32) {
-                let call = Call {
-                    buf: 0,
-                    sk,
-                    fd: 0,
-                    op: op::MISSED_ENTRY,
-                    vlen: 0,
-                    _pad: 0,
-                };
-                if CALLS.insert(pid_tgid, call, 0).is_err() {
-                    count(counter::CALL_TABLE_FULL);
-                }
-            }
-        }
-    }
-    0
-}
-
-/// Rebuilds the arguments of a call whose entry was missed: the syscall
-/// number from the exit tracepoint, fd/buffer/length from the user registers
-/// the kernel saved at entry (x86_64: rdi, rsi, rdx), which it leaves intact.
-#[cfg(bpf_target_arch = "x86_64")]
-#[inline(always)]
-fn recover_call(ctx: &TracePointContext, call: &mut Call) -> bool {
+fn user_regs() -> Option<Regs> {
     use aya_ebpf::helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs};
-    let nr = unsafe { ctx.read_at::<i64>(8) }.unwrap_or(-1);
-    call.op = match nr as i32 {
-        0 | 45 => op::READ,
-        1 | 44 => op::WRITE,
-        19 => op::READV,
-        20 => op::WRITEV,
-        47 => op::RECVMSG,
-        46 => op::SENDMSG,
-        40 => op::SENDFILE,
-        _ => return false,
-    };
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    if regs == 0 {
-        return false;
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    if regs.is_null() {
+        return None;
     }
-    let reg = |off: u64| unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0);
-    // struct pt_regs: … dx @96, si @104, di @112.
-    call.fd = reg(112) as u32;
-    call.buf = reg(104);
-    call.vlen = reg(96) as u32;
-    true
+    let slot = |i: usize| unsafe { core::ptr::read_volatile(regs.add(i)) };
+    let r = Regs {
+        nr: slot(arch::NR) as i64,
+        arg: [slot(arch::ARG[0]), slot(arch::ARG[1]), slot(arch::ARG[2])],
+    };
+    arch::from_user(&slot).then_some(r)
 }
 
-#[cfg(not(bpf_target_arch = "x86_64"))]
+struct Regs {
+    /// Syscall number.
+    nr: i64,
+    /// First three syscall arguments.
+    arg: [u64; 3],
+}
+
+/// `struct pt_regs` in 8-byte slots, and the syscall numbers of the calls
+/// whose payload sonde reads.
+#[cfg(bpf_target_arch = "x86_64")]
+mod arch {
+    /// rdi, rsi, rdx.
+    pub const ARG: [usize; 3] = [14, 13, 12];
+    /// orig_rax.
+    pub const NR: usize = 15;
+    const CS: usize = 17;
+    /// __USER_CS: a 64-bit syscall (ia32 tasks use other numbers).
+    const USER_CS: u64 = 0x33;
+    pub fn from_user(slot: &impl Fn(usize) -> u64) -> bool {
+        slot(CS) == USER_CS
+    }
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const SENDFILE: i64 = 40;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+mod arch {
+    /// orig_x0 (x0 is overwritten by the return value), x1, x2.
+    pub const ARG: [usize; 3] = [34, 1, 2];
+    /// syscallno (an s32 in the low half of its slot).
+    pub const NR: usize = 35;
+    const PSTATE: usize = 33;
+    /// EL0t: the saved state is a user task's.
+    pub fn from_user(slot: &impl Fn(usize) -> u64) -> bool {
+        slot(PSTATE) & 0xf == 0
+    }
+    pub const READ: i64 = 63;
+    pub const WRITE: i64 = 64;
+    pub const READV: i64 = 65;
+    pub const WRITEV: i64 = 66;
+    pub const SENDFILE: i64 = 71;
+    pub const SENDTO: i64 = 206;
+    pub const RECVFROM: i64 = 207;
+    pub const SENDMSG: i64 = 211;
+    pub const RECVMSG: i64 = 212;
+}
+
+/// The call being traced, if it is a syscall whose buffers sonde can read.
+/// Anything else that moves TCP data (io_uring, splice, sendmmsg and
+/// recvmmsg) is counted, not guessed at.
 #[inline(always)]
-fn recover_call(_ctx: &TracePointContext, _call: &mut Call) -> bool {
-    false
-}
-
-// ---------------------------------------------------------------- exits
-
-#[tracepoint]
-pub fn sys_exit_call(ctx: TracePointContext) -> u32 {
-    match try_exit(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let mut call = match unsafe { CALLS.get(pid_tgid) } {
-        Some(c) => *c,
-        None => return Ok(0),
-    };
-    let _ = CALLS.remove(pid_tgid);
-    if call.op == op::MISSED_ENTRY && !recover_call(ctx, &mut call) {
-        return Ok(0);
-    }
-    let ret = unsafe { ctx.read_at::<i64>(16) }.map_err(|_| 0u32)?;
-    let tgid = (pid_tgid >> 32) as u32;
-    let cfg = config();
-    match call.op {
-        op::ACCEPT if ret >= 0 => track_new(&cfg, tgid, ret as u32, role::SERVER),
-        op::CONNECT if ret == 0 || ret == -EINPROGRESS => {
-            track_new(&cfg, tgid, call.fd, role::CLIENT)
+fn current_call(sk: u64, inbound: bool) -> Option<Call> {
+    let r = user_regs()?;
+    let how = match (inbound, r.nr & 0xffff_ffff) {
+        (true, arch::READ | arch::RECVFROM) | (false, arch::WRITE | arch::SENDTO) => Buf::Flat,
+        (true, arch::READV) | (false, arch::WRITEV) => Buf::Vector,
+        (true, arch::RECVMSG) | (false, arch::SENDMSG) => Buf::Msg,
+        (false, arch::SENDFILE) => Buf::None,
+        _ => {
+            count(counter::UNSUPPORTED_CALL);
+            return None;
         }
-        op::ACCEPT | op::CONNECT => {}
-        _ if call.sk != 0 && ret > 0 => on_data(&cfg, ctx, pid_tgid, &call, ret as u64),
-        _ => {}
+    };
+    Some(Call {
+        sk,
+        fd: r.arg[0] as u32,
+        inbound,
+        buf: r.arg[1],
+        vlen: r.arg[2],
+        how,
+    })
+}
+
+// ---------------------------------------------------------------- data
+
+/// `sock:sock_recv_length`: a socket read returned data to the task.
+#[tracepoint]
+pub fn sock_recv(ctx: TracePointContext) -> u32 {
+    on_sock_call(&ctx, true);
+    0
+}
+
+/// `sock:sock_send_length`: a socket write accepted data from the task.
+#[tracepoint]
+pub fn sock_send(ctx: TracePointContext) -> u32 {
+    on_sock_call(&ctx, false);
+    0
+}
+
+/// Attached instead of every program above by `sonde --bench-floor`: what
+/// `cargo xtask bench` calls the floor, the cost of hooking these
+/// tracepoints at all.
+#[tracepoint]
+pub fn noop(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[inline(always)]
+fn on_sock_call(ctx: &TracePointContext, inbound: bool) {
+    // struct trace_event_raw_sock_msg_length: sk @8, family @16,
+    // protocol @18, ret @20, flags @24.
+    let family = field::<u16>(ctx, 16);
+    let protocol = field::<u16>(ctx, 18);
+    let ret = field::<i32>(ctx, 20);
+    if ret <= 0 || protocol != IPPROTO_TCP || !(family == AF_INET || family == AF_INET6) {
+        return;
     }
-    Ok(0)
+    // A peek leaves the bytes for the read that follows.
+    if inbound && field::<i32>(ctx, 24) & MSG_PEEK != 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let cfg = config();
+    if !tgid_wanted(&cfg, (pid_tgid >> 32) as u32) {
+        return;
+    }
+    let sk = field::<u64>(ctx, 8);
+    let Some(call) = current_call(sk, inbound) else {
+        return;
+    };
+    on_data(&cfg, pid_tgid, &call, ret as u64);
+}
+
+// ---------------------------------------------------------------- connections
+
+/// `sys_exit_accept{,4}`: the returned fd is a connection this process serves.
+#[tracepoint]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    let ret = exit_ret(&ctx);
+    if ret >= 0 {
+        track_new(ret as u32, role::SERVER);
+    }
+    0
+}
+
+/// `sys_exit_connect`: the fd (first argument) is a connection this process
+/// is the client of, unless the connect failed.
+#[tracepoint]
+pub fn exit_connect(ctx: TracePointContext) -> u32 {
+    let ret = exit_ret(&ctx);
+    if ret == 0 || ret == -EINPROGRESS {
+        if let Some(r) = user_regs() {
+            track_new(r.arg[0] as u32, role::CLIENT);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn exit_ret(ctx: &TracePointContext) -> i64 {
+    field::<i64>(ctx, 16)
 }
 
 /// accept/connect: remember the role; the socket is looked at on first data.
 #[inline(always)]
-fn track_new(cfg: &Config, tgid: u32, fd: u32, role: u32) {
+fn track_new(fd: u32, role: u32) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let cfg = config();
+    if !tgid_wanted(&cfg, tgid) {
+        return;
+    }
     let key = ConnKey { tgid, fd };
     if let Some(old) = unsafe { CONNS.get(key) } {
         // The fd was reused without a close we saw (dup2, exec).
-        emit_close(cfg, &key, old);
+        emit_close(&cfg, &key, old);
     }
     let st = ConnState {
         sk: 0,
@@ -413,8 +446,7 @@ fn sock_ports(sk: u64) -> (u32, u32) {
     (num, dport)
 }
 
-fn on_data(cfg: &Config, ctx: &TracePointContext, pid_tgid: u64, call: &Call, ret: u64) {
-    let _ = ctx;
+fn on_data(cfg: &Config, pid_tgid: u64, call: &Call, ret: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let key = ConnKey { tgid, fd: call.fd };
     let st = match CONNS.get_ptr_mut(key) {
@@ -458,9 +490,10 @@ fn on_data(cfg: &Config, ctx: &TracePointContext, pid_tgid: u64, call: &Call, re
     if st.proto == proto::OTHER {
         return;
     }
-    let dir = match call.op {
-        op::READ | op::READV | op::RECVMSG => kind::DATA_IN,
-        _ => kind::DATA_OUT,
+    let dir = if call.inbound {
+        kind::DATA_IN
+    } else {
+        kind::DATA_OUT
     };
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -469,7 +502,7 @@ fn on_data(cfg: &Config, ctx: &TracePointContext, pid_tgid: u64, call: &Call, re
     let want = core::cmp::min(ret, cfg.capture_bytes as u64);
     let captured = copy_payload(call, want, &mut rec.payload);
     if st.proto == proto::UNKNOWN {
-        if call.op == op::SENDFILE {
+        if call.how == Buf::None {
             return;
         }
         if !looks_like_http(&rec.payload, captured) {
@@ -518,35 +551,52 @@ fn on_data(cfg: &Config, ctx: &TracePointContext, pid_tgid: u64, call: &Call, re
 /// Copies up to `want` bytes of the call's payload; returns how many.
 #[inline(always)]
 fn copy_payload(call: &Call, want: u64, dst: &mut [u8; 2 * MAX_CAPTURE]) -> u64 {
-    match call.op {
-        op::READ | op::WRITE => copy_chunk(dst, 0, call.buf, want),
-        op::READV | op::WRITEV => copy_iov(dst, call.buf, call.vlen as u64, want),
-        op::RECVMSG | op::SENDMSG => {
+    match call.how {
+        Buf::Flat => copy_chunk(dst, 0, call.buf, want),
+        Buf::Vector => copy_iov(dst, call.buf, call.vlen, want),
+        Buf::Msg => {
             let Ok(msg) = (unsafe { bpf_probe_read_user(call.buf as *const user_msghdr) }) else {
                 count(counter::COPY_FAILED);
                 return 0;
             };
             copy_iov(dst, msg.msg_iov, msg.msg_iovlen, want)
         }
-        _ => 0,
+        Buf::None => 0,
     }
 }
 
 #[inline(always)]
 fn copy_iov(dst: &mut [u8; 2 * MAX_CAPTURE], iov: u64, vlen: u64, want: u64) -> u64 {
+    // The first iovecs in one read rather than one read each.
+    let n = if vlen < MAX_IOV as u64 {
+        vlen
+    } else {
+        MAX_IOV as u64
+    };
+    let mut vecs = [iovec {
+        iov_base: 0,
+        iov_len: 0,
+    }; MAX_IOV as usize];
+    let size = (n as u32 * core::mem::size_of::<iovec>() as u32) & 0xff;
+    if size == 0 {
+        return 0;
+    }
+    let r = unsafe {
+        probe_read_user_raw(vecs.as_mut_ptr() as *mut c_void, size, iov as *const c_void)
+    };
+    if r < 0 {
+        count(counter::COPY_FAILED);
+        return 0;
+    }
     let mut off: u64 = 0;
-    for i in 0..MAX_IOV as u64 {
-        if i >= vlen || off >= want {
+    for (i, v) in vecs.iter().enumerate() {
+        if i as u64 >= n || off >= want {
             break;
         }
-        let Ok(v) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const iovec) }) else {
-            count(counter::COPY_FAILED);
-            break;
-        };
-        let n = core::cmp::min(v.iov_len, want - off);
-        let got = copy_chunk(dst, off, v.iov_base, n);
+        let len = core::cmp::min(v.iov_len, want - off);
+        let got = copy_chunk(dst, off, v.iov_base, len);
         off += got;
-        if got < n {
+        if got < len {
             break;
         }
     }
@@ -678,9 +728,10 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     if !tgid_wanted(&cfg, tgid) {
         return 0;
     }
+    // sys_enter_close: fd @16.
     let key = ConnKey {
         tgid,
-        fd: arg(&ctx, 0) as u32,
+        fd: field::<u64>(&ctx, 16) as u32,
     };
     if let Some(st) = unsafe { CONNS.get(key) } {
         if st.proto == proto::UNKNOWN && st.misses > 0 {
@@ -699,7 +750,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 /// `sched:sched_process_exit`: tells userspace when a whole process is gone.
 #[tracepoint]
 pub fn process_exit(ctx: TracePointContext) -> u32 {
-    let group_dead = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0);
+    let group_dead = field::<u8>(&ctx, 32);
     if group_dead == 0 {
         return 0;
     }
@@ -733,7 +784,7 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
     if unsafe { PID_FILTER.get(parent) }.is_none() {
         return 0;
     }
-    let child = unsafe { ctx.read_at::<i32>(20) }.unwrap_or(0) as u32;
+    let child = field::<i32>(&ctx, 20) as u32;
     if child != 0 && PID_FILTER.insert(child, 1, 0).is_err() {
         count(counter::PID_TABLE_FULL);
     }

@@ -60,6 +60,11 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1024..=4_194_304))]
     pub max_connections: u32,
 
+    /// Attach programs that do nothing instead of sonde's own: the floor
+    /// `cargo xtask bench` compares sonde with. Not for production.
+    #[arg(long, hide = true)]
+    pub bench_floor: bool,
+
     /// Distinct routes kept per service; more are folded into one overflow
     /// series and counted.
     #[arg(long, env = "SONDE_MAX_ROUTES_PER_SERVICE", default_value_t = 200,

@@ -10,7 +10,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use probe_common::{globals, maps, Call, Config, ConnKey, ConnState};
+use probe_common::{globals, maps, Config, ConnKey, ConnState};
 
 use crate::{
     btf::{self, Btf, BtfError},
@@ -22,56 +22,24 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// Every syscall whose exit the shared exit program handles.
-const EXITS: &[&str] = &[
-    "sys_exit_read",
-    "sys_exit_recvfrom",
-    "sys_exit_readv",
-    "sys_exit_recvmsg",
-    "sys_exit_write",
-    "sys_exit_sendto",
-    "sys_exit_writev",
-    "sys_exit_sendmsg",
-    "sys_exit_sendfile64",
-    "sys_exit_accept",
-    "sys_exit_accept4",
-    "sys_exit_connect",
-];
-
 /// Program name → the tracepoints (category, name) it is attached to.
 const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
+    ("sock_recv", "sock", &["sock_recv_length"]),
+    ("sock_send", "sock", &["sock_send_length"]),
     (
-        "enter_read",
+        "exit_accept",
         "syscalls",
-        &["sys_enter_read", "sys_enter_recvfrom"],
+        &["sys_exit_accept", "sys_exit_accept4"],
     ),
-    ("enter_readv", "syscalls", &["sys_enter_readv"]),
-    ("enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
-    (
-        "enter_write",
-        "syscalls",
-        &["sys_enter_write", "sys_enter_sendto"],
-    ),
-    ("enter_writev", "syscalls", &["sys_enter_writev"]),
-    ("enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
-    ("enter_sendfile", "syscalls", &["sys_enter_sendfile64"]),
-    (
-        "enter_accept",
-        "syscalls",
-        &["sys_enter_accept", "sys_enter_accept4"],
-    ),
-    ("enter_connect", "syscalls", &["sys_enter_connect"]),
+    ("exit_connect", "syscalls", &["sys_exit_connect"]),
     ("enter_close", "syscalls", &["sys_enter_close"]),
-    ("sys_exit_call", "syscalls", EXITS),
-    (
-        "sock_length",
-        "sock",
-        &["sock_recv_length", "sock_send_length"],
-    ),
     ("process_exit", "sched", &["sched_process_exit"]),
     ("process_fork", "sched", &["sched_process_fork"]),
     ("process_exec", "sched", &["sched_process_exec"]),
 ];
+
+/// The program `--bench-floor` attaches to every tracepoint above instead.
+const NOOP: &str = "noop";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -118,6 +86,9 @@ pub struct Settings {
     pub ignore_peer_port: u16,
     pub ringbuf_bytes: u32,
     pub max_connections: u32,
+    /// Attach a program that does nothing to every tracepoint instead of
+    /// the real ones (`cargo xtask bench` measures this floor).
+    pub floor: bool,
 }
 
 /// The loaded, attached programs and the maps userspace uses. Dropping it
@@ -126,7 +97,6 @@ pub struct Probe {
     _ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     conns: BpfHashMap<MapData, ConnKey, ConnState>,
-    calls: BpfHashMap<MapData, u64, Call>,
     pid_filter: BpfHashMap<MapData, u32, u32>,
     attached: usize,
 }
@@ -169,26 +139,23 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         .override_global(globals::CONFIG, &config, true)
         .map_max_entries(maps::EVENTS, s.ringbuf_bytes)
         .map_max_entries(maps::CONNS, s.max_connections)
-        .map_max_entries(maps::CALLS, s.max_connections.max(16384))
         .load(OBJECT)
         .map_err(|e| LoadError::Load(error_chain(&e)))?;
 
     let mut attached = 0;
-    for (program, category, names) in ATTACHMENTS {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| LoadError::Load(format!("program {program} not in the object")))?
-            .try_into()
-            .map_err(|e| LoadError::Load(format!("{program}: {e}")))?;
-        prog.load()
-            .map_err(|e| LoadError::Load(format!("{program}: {}", error_chain(&e))))?;
+    if s.floor {
+        let prog = load_program(&mut ebpf, NOOP)?;
+        for (_, category, names) in ATTACHMENTS {
+            for name in *names {
+                attach(prog, NOOP, category, name)?;
+                attached += 1;
+            }
+        }
+    }
+    for (program, category, names) in ATTACHMENTS.iter().filter(|_| !s.floor) {
+        let prog = load_program(&mut ebpf, program)?;
         for name in *names {
-            prog.attach(category, name).map_err(|e| LoadError::Attach {
-                program,
-                category,
-                name,
-                reason: error_chain(&e),
-            })?;
+            attach(prog, program, category, name)?;
             attached += 1;
         }
     }
@@ -199,8 +166,6 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         .map_err(|_| LoadError::Map(maps::COUNTERS))?;
     let conns = BpfHashMap::try_from(take(&mut ebpf, maps::CONNS)?)
         .map_err(|_| LoadError::Map(maps::CONNS))?;
-    let calls = BpfHashMap::try_from(take(&mut ebpf, maps::CALLS)?)
-        .map_err(|_| LoadError::Map(maps::CALLS))?;
     let pid_filter = BpfHashMap::try_from(take(&mut ebpf, maps::PID_FILTER)?)
         .map_err(|_| LoadError::Map(maps::PID_FILTER))?;
     let mut port_filter: BpfHashMap<MapData, u32, u32> =
@@ -215,7 +180,6 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         _ebpf: ebpf,
         counters,
         conns,
-        calls,
         pid_filter,
         attached,
     };
@@ -223,6 +187,33 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         probe.allow_pid(pid);
     }
     Ok((probe, events))
+}
+
+fn load_program<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut TracePoint, LoadError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| LoadError::Load(format!("program {program} not in the object")))?
+        .try_into()
+        .map_err(|e| LoadError::Load(format!("{program}: {e}")))?;
+    prog.load()
+        .map_err(|e| LoadError::Load(format!("{program}: {}", error_chain(&e))))?;
+    Ok(prog)
+}
+
+fn attach(
+    prog: &mut TracePoint,
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+) -> Result<(), LoadError> {
+    prog.attach(category, name)
+        .map(|_| ())
+        .map_err(|e| LoadError::Attach {
+            program,
+            category,
+            name,
+            reason: error_chain(&e),
+        })
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
@@ -329,34 +320,16 @@ impl Probe {
         }
     }
 
-    /// Deletes kernel entries whose owner is gone: connections of processes
-    /// that exited (their fds were closed without close(2)) and calls of
-    /// threads that died inside a syscall. Returns how many were removed.
-    pub fn sweep(
-        &mut self,
-        process_alive: impl Fn(u32) -> bool,
-        thread_alive: impl Fn(u32, u32) -> bool,
-    ) -> usize {
-        let dead_conns: HashSet<ConnKey> = self
+    /// Deletes the connections of processes that exited (their fds were
+    /// closed without close(2)). Returns how many were removed.
+    pub fn sweep(&mut self, process_alive: impl Fn(u32) -> bool) -> usize {
+        let dead: HashSet<ConnKey> = self
             .conns
             .keys()
             .filter_map(Result::ok)
             .filter(|k| !process_alive(k.tgid))
             .collect();
-        let dead_calls: HashSet<u64> = self
-            .calls
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|&pid_tgid| !thread_alive((pid_tgid >> 32) as u32, pid_tgid as u32))
-            .collect();
-        dead_conns
-            .iter()
-            .filter(|k| self.conns.remove(k).is_ok())
-            .count()
-            + dead_calls
-                .iter()
-                .filter(|k| self.calls.remove(k).is_ok())
-                .count()
+        dead.iter().filter(|k| self.conns.remove(k).is_ok()).count()
     }
 }
 

@@ -139,6 +139,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         ignore_peer_port: metrics_addr.port(),
         ringbuf_bytes: cli.ringbuf_mib << 20,
         max_connections: cli.max_connections,
+        floor: cli.bench_floor,
     })?;
     tracing::info!(
         attachments = probe.attached(),
@@ -160,6 +161,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         proc,
         span_sender.map(|sender| Tracing::new(Assembler::new(trace::Config::default()), sender)),
     );
+    // Before /readyz can say ready: a SIGTERM from then on must detach cleanly.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let stop = Arc::new(AtomicBool::new(false));
     // Dropped when the pipeline thread ends, however it ends.
     let (alive, mut ended) = tokio::sync::oneshot::channel::<()>();
@@ -186,8 +190,6 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let http = tokio::spawn(server.serve(async move {
         let _ = rx.changed().await;
     }));
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let unexpected = tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); false }
         _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); false }

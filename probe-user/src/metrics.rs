@@ -439,7 +439,7 @@ pub type KernelCounters = [u64; counter::COUNT as usize];
 const KERNEL_LOSSES: [(u32, &str); 5] = [
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::CONN_TABLE_FULL, "conn_table_full"),
-    (counter::CALL_TABLE_FULL, "call_table_full"),
+    (counter::UNSUPPORTED_CALL, "unsupported_call"),
     (counter::PID_TABLE_FULL, "pid_table_full"),
     (counter::COPY_FAILED, "copy_failed"),
 ];

@@ -209,15 +209,9 @@ pub fn run(
         }
         if last_sweep.elapsed() >= SWEEP {
             last_sweep = Instant::now();
-            let removed = probe.sweep(
-                |tgid| proc.exists(tgid),
-                |tgid, tid| proc.thread_exists(tgid, tid),
-            );
+            let removed = probe.sweep(|tgid| proc.exists(tgid));
             if removed > 0 {
-                tracing::debug!(
-                    removed,
-                    "kernel entries of exited processes and threads removed"
-                );
+                tracing::debug!(removed, "kernel connections of exited processes removed");
             }
         }
     }

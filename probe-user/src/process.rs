@@ -63,15 +63,6 @@ impl ProcFs {
         self.root.join(tgid.to_string()).exists()
     }
 
-    /// Whether thread `tid` of process `tgid` still exists.
-    pub fn thread_exists(&self, tgid: u32, tid: u32) -> bool {
-        self.root
-            .join(tgid.to_string())
-            .join("task")
-            .join(tid.to_string())
-            .exists()
-    }
-
     /// Whether `tgid` runs a program whose basename matches `exe` (unanchored:
     /// write `^nginx$` for an exact name).
     pub fn matches(&self, tgid: u32, exe: &Regex) -> bool {
@@ -283,13 +274,11 @@ mod tests {
     }
 
     #[test]
-    fn liveness_of_processes_and_threads() {
+    fn liveness_of_processes() {
         let dir = tree();
-        std::fs::create_dir_all(dir.path().join("100/task/107")).unwrap();
+        std::fs::create_dir_all(dir.path().join("100")).unwrap();
         let proc = ProcFs::new(dir.path());
         assert!(proc.exists(100) && !proc.exists(999));
-        assert!(proc.thread_exists(100, 107));
-        assert!(!proc.thread_exists(100, 108) && !proc.thread_exists(999, 107));
     }
 
     #[test]

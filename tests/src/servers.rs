@@ -123,9 +123,9 @@ pub fn node() -> Server {
         .expect("start the Node test server")
 }
 
-/// nginx (a master and its workers) answering `200 ok` on every path,
-/// logging one line per request to its own access log unless configured
-/// otherwise.
+/// nginx (a master and its workers) answering `200 ok` on every path but
+/// `/static/` (files added with [`Nginx::add_static`]), logging one line per
+/// request to its own access log unless configured otherwise.
 pub struct Nginx {
     server: Server,
     dir: TempDir,
@@ -204,6 +204,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
 {status}        location / {{ return 200 "ok\n"; }}
+        location /static/ {{ alias {prefix}/static/; sendfile on; }}
     }}
 }}
 "#
@@ -230,6 +231,7 @@ impl Nginx {
     pub fn with_config(config: &NginxConfig) -> Result<Nginx> {
         let dir = TempDir::new("nginx")?;
         let port = free_port();
+        std::fs::create_dir(dir.path().join("static"))?;
         let config_path = dir.path().join("nginx.conf");
         std::fs::write(
             &config_path,
@@ -258,6 +260,12 @@ impl Nginx {
 
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// Puts a file nginx serves at `/static/{name}` (with sendfile).
+    pub fn add_static(&self, name: &str, content: &[u8]) -> Result<()> {
+        std::fs::write(self.dir.path().join("static").join(name), content)?;
+        Ok(())
     }
 
     /// The master's children: its workers, and old workers still finishing
@@ -305,6 +313,7 @@ http {
     server {
         listen 127.0.0.1:8080;
         location / { return 200 "ok\n"; }
+        location /static/ { alias /p/static/; sendfile on; }
     }
 }
 "#
@@ -338,6 +347,7 @@ http {
         listen 127.0.0.1:8080;
         location = /nginx_status { stub_status; }
         location / { return 200 "ok\n"; }
+        location /static/ { alias /p/static/; sendfile on; }
     }
 }
 "#

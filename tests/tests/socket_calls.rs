@@ -1,0 +1,163 @@
+//! The socket calls the kernel side reads payloads from: data is captured
+//! where the socket layer moves it (`sock:sock_{recv,send}_length`), with
+//! the syscall's arguments taken from the caller's saved registers. These
+//! tests pin down the calls around that path: `sendfile` (no user buffer),
+//! `MSG_PEEK` (bytes seen twice by the socket layer, consumed once) and a
+//! call sonde cannot decode (`splice`), which must be counted, not guessed.
+use std::io::{BufReader, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use sonde_tests::clients::{curl, get_request, random_bytes, read_response};
+use sonde_tests::names::{self, *};
+use sonde_tests::process::exe_basename;
+use sonde_tests::servers::{self, Nginx};
+use sonde_tests::sonde::Sonde;
+
+/// nginx sends static files with `sendfile`: the body never passes through
+/// a user buffer, yet its size is counted exactly, on both sides.
+#[test]
+fn sendfile_bodies_are_counted_to_the_byte() {
+    const SIZE: usize = 200_000;
+    let nginx = Nginx::start();
+    nginx.add_static("big.bin", &random_bytes(7, SIZE)).unwrap();
+    let port = nginx.server().port();
+    let sonde = Sonde::watching_ports(&[port]);
+    for _ in 0..3 {
+        assert_eq!(
+            curl(&nginx.server().url("/static/big.bin"), &[]).unwrap(),
+            200
+        );
+    }
+
+    let labels = names::server("nginx", "GET", "/static/big.bin", "200");
+    let scrape = sonde.await_value(SERVER_DURATION_COUNT, &labels, 3.0);
+    let body_sum = format!("{SERVER_RESPONSE_BODY}_sum");
+    assert_eq!(
+        scrape.value(&body_sum, &labels),
+        Some(3.0 * SIZE as f64),
+        "{}",
+        sonde.failure("server response bytes", &scrape)
+    );
+    let port = port.to_string();
+    let client = [
+        ("service_name", "curl"),
+        ("server_port", port.as_str()),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(
+        scrape.value("http_client_response_body_size_bytes_sum", &client),
+        Some(3.0 * SIZE as f64),
+        "{}",
+        sonde.failure("client response bytes", &scrape)
+    );
+    assert_eq!(scrape.sum(HTTP_ANOMALIES, &[]), 0.0);
+    sonde.stop();
+}
+
+/// A reader that peeks at a whole response before reading it: the peeked
+/// bytes are not data consumed, so the response is parsed and sized once.
+#[test]
+fn peeked_bytes_are_not_counted_twice() {
+    let server = servers::python();
+    let sonde = Sonde::watching_ports(&[server.port()]);
+    let me = exe_basename(std::process::id());
+
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, server.port())).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(&get_request("/fast")).unwrap();
+    // Let the whole response arrive, so the peek sees all of it.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut head = [0u8; 4096];
+    // SAFETY: a valid socket and a buffer of the length given.
+    let peeked = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            head.as_mut_ptr().cast(),
+            head.len(),
+            libc::MSG_PEEK,
+        )
+    };
+    assert!(peeked > 0, "peek: {}", std::io::Error::last_os_error());
+    assert!(head.starts_with(b"HTTP/1."));
+    let response = read_response(&mut BufReader::new(&stream)).unwrap();
+    assert_eq!(response.status, 200);
+
+    let port = server.port().to_string();
+    let client = [
+        ("service_name", me.as_str()),
+        ("server_port", port.as_str()),
+        ("http_response_status_code", "200"),
+    ];
+    let scrape = sonde.await_value(CLIENT_DURATION_COUNT, &client, 1.0);
+    assert_eq!(
+        scrape.value("http_client_response_body_size_bytes_sum", &client),
+        Some(response.body.len() as f64),
+        "{}",
+        sonde.failure("the body is sized once", &scrape)
+    );
+    assert_eq!(
+        scrape.sum(HTTP_ANOMALIES, &[]),
+        0.0,
+        "{}",
+        sonde.failure("a peek must not look like a second response", &scrape)
+    );
+    sonde.stop();
+}
+
+/// A request written with `splice` (pipe → socket) moves TCP bytes through
+/// a call whose buffers sonde does not read: it is counted as lost, and the
+/// server's side of the same request, read with `read`, is still measured.
+#[test]
+fn spliced_writes_are_counted_as_unsupported() {
+    let server = servers::python();
+    let sonde = Sonde::watching_ports(&[server.port()]);
+    let svc = server.service_name();
+
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, server.port())).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let request = get_request("/fast");
+    let mut pipe = [0; 2];
+    // SAFETY: plain syscalls on fds this test owns; lengths are the buffer's.
+    unsafe {
+        assert_eq!(libc::pipe(pipe.as_mut_ptr()), 0);
+        assert_eq!(
+            libc::write(pipe[1], request.as_ptr().cast(), request.len()),
+            request.len() as isize
+        );
+        let moved = libc::splice(
+            pipe[0],
+            std::ptr::null_mut(),
+            stream.as_raw_fd(),
+            std::ptr::null_mut(),
+            request.len(),
+            0,
+        );
+        assert_eq!(moved, request.len() as isize, "splice");
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+    assert_eq!(
+        read_response(&mut BufReader::new(&stream)).unwrap().status,
+        200
+    );
+
+    sonde.await_value(
+        SERVER_DURATION_COUNT,
+        &names::server(&svc, "GET", "/fast", "200"),
+        1.0,
+    );
+    let scrape = sonde.await_value(EVENTS_LOST, &[("reason", "unsupported_call")], 1.0);
+    assert_eq!(
+        scrape.sum(CLIENT_DURATION_COUNT, &[]),
+        0.0,
+        "{}",
+        sonde.failure("a request sonde did not see cannot be timed", &scrape)
+    );
+    sonde.stop();
+}
