@@ -137,6 +137,8 @@ pub const NGINX_STATUS_PATH: &str = "/nginx_status";
 /// How an [`Nginx`] is set up; the default is what the end-to-end tests use.
 #[derive(Clone, Debug)]
 pub struct NginxConfig {
+    /// The nginx executable; its file name is what sonde names the service.
+    pub program: PathBuf,
     pub workers: u32,
     /// Every worker runs on this CPU only (`worker_cpu_affinity`).
     pub worker_cpu: Option<u32>,
@@ -153,6 +155,7 @@ pub struct NginxConfig {
 impl Default for NginxConfig {
     fn default() -> Self {
         NginxConfig {
+            program: PathBuf::from("nginx"),
             workers: 1,
             worker_cpu: None,
             access_log: true,
@@ -237,7 +240,7 @@ impl Nginx {
             &config_path,
             config.render(&dir.path().display().to_string(), port),
         )?;
-        let child = Command::new("nginx")
+        let child = Command::new(&config.program)
             .arg("-p")
             .arg(dir.path())
             .arg("-e")
@@ -319,6 +322,7 @@ http {
 "#
         );
         let tuned = NginxConfig {
+            program: PathBuf::from("nginx"),
             workers: 2,
             worker_cpu: Some(1),
             access_log: false,

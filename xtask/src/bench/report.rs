@@ -70,6 +70,7 @@ pub fn markdown(report: &Report) -> String {
     out.push_str(&budget(&report.budget));
     out.push_str("\n## Correctness\n\n");
     out.push_str(&correctness(&report.violations));
+    out.push_str(&other_traffic(report));
     out.push_str("\n## Machine\n\n");
     let _ = writeln!(out, "- CPU: {}, {} cores", machine.cpu_model, machine.cores);
     let _ = writeln!(out, "- kernel: {}", machine.kernel);
@@ -129,6 +130,7 @@ pub fn terminal(report: &Report) -> String {
     out.push_str(&budget(&report.budget));
     out.push('\n');
     out.push_str(&correctness(&report.violations));
+    out.push_str(&other_traffic(report));
     out
 }
 
@@ -343,6 +345,29 @@ fn correctness(violations: &[Violation]) -> String {
     out
 }
 
+/// Whether the machine served other HTTP traffic while sonde watched: it
+/// loads sonde and the CPUs too, so such runs are less comparable.
+fn other_traffic(report: &Report) -> String {
+    let disturbed: Vec<f64> = report
+        .runs
+        .iter()
+        .chain([&report.sustained])
+        .filter_map(|run| run.sonde.as_ref())
+        .map(|sonde| sonde.counters.other_requests)
+        .filter(|&n| n > 0.0)
+        .collect();
+    if disturbed.is_empty() {
+        return String::new();
+    }
+    format!(
+        "Other services on the machine served {} HTTP requests during {} of the runs with \
+         sonde (other tests or benchmarks sharing it); sonde observed them too, so those runs \
+         carry their load.\n",
+        thousands(disturbed.iter().sum::<f64>() as u64),
+        disturbed.len()
+    )
+}
+
 /// `median (min–max)`, or the median alone when all values are equal; `–`
 /// when not measured.
 fn cell(spread: Option<Spread>, format: impl Fn(f64) -> String) -> String {
@@ -483,6 +508,8 @@ pub mod tests {
                 ),
             ]);
         }
+        let disturbed = runs.iter_mut().find(|r| r.mode == Metrics).unwrap();
+        disturbed.sonde.as_mut().unwrap().counters.other_requests = 1234.0;
         for run in runs.iter_mut().filter(|r| r.mode == Spans) {
             let sonde = run.sonde.as_mut().unwrap();
             sonde.counters.spans_exported = 1800.0;
