@@ -29,6 +29,9 @@ pub struct Row {
     pub p99_delta_us: Option<Spread>,
     /// wrk's failed connects, reads, writes and timeouts together.
     pub socket_errors: Option<Spread>,
+    /// The machine's CPU used outside nginx, wrk and sonde during the load,
+    /// as a share of all its CPUs: how much else ran.
+    pub other_cpu_share: Option<Spread>,
     pub bpf_ns_per_request: Option<Spread>,
     pub sonde_cpu_ns_per_request: Option<Spread>,
     pub server_cpu_ns_per_request: Option<Spread>,
@@ -42,8 +45,8 @@ pub struct Row {
 }
 
 /// A row for every workload and mode with runs, in [`Workload::ALL`] then
-/// [`Mode::ALL`] order.
-pub fn rows(records: &[Record]) -> Vec<Row> {
+/// [`Mode::ALL`] order, on a machine with `cores` CPUs.
+pub fn rows(records: &[Record], cores: usize) -> Vec<Row> {
     let mut rows = Vec::new();
     for workload in Workload::ALL {
         for mode in Mode::ALL {
@@ -52,14 +55,14 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
                 .filter(|r| r.workload == workload && r.mode == mode)
                 .collect();
             if !runs.is_empty() {
-                rows.push(row(records, workload, mode, &runs));
+                rows.push(row(records, workload, mode, &runs, cores));
             }
         }
     }
     rows
 }
 
-fn row(records: &[Record], workload: Workload, mode: Mode, runs: &[&Record]) -> Row {
+fn row(records: &[Record], workload: Workload, mode: Mode, runs: &[&Record], cores: usize) -> Row {
     let of = |f: &dyn Fn(&Record) -> Option<f64>| -> Option<Spread> {
         let values: Option<Vec<f64>> = runs.iter().map(|r| f(r)).collect();
         Spread::of(&values?)
@@ -96,6 +99,7 @@ fn row(records: &[Record], workload: Workload, mode: Mode, runs: &[&Record]) -> 
         p50_delta_us: paired(&|run, base| run.wrk.p50_us - base.wrk.p50_us),
         p99_delta_us: paired(&|run, base| run.wrk.p99_us - base.wrk.p99_us),
         socket_errors: of(&|run| Some(run.wrk.socket_errors.total() as f64)),
+        other_cpu_share: of(&|run| Some(run.other_cpu_share(cores))),
         bpf_ns_per_request: of(&Record::bpf_ns_per_request),
         sonde_cpu_ns_per_request: of(&Record::sonde_cpu_ns_per_request),
         server_cpu_ns_per_request: of(&|run| Some(run.server_cpu_ns_per_request())),
@@ -142,8 +146,12 @@ pub mod tests {
                 socket_errors: SocketErrors::default(),
                 non_2xx: 0,
             },
+            wrk_cpu_ns: 9_000_000_000,
             served: 1000,
             server_cpu_ns: 20_000 * 1000,
+            load_ns: 10_000_000_000,
+            // 5 % of 2 CPUs over the 10 s.
+            other_cpu_ns: 1_000_000_000,
             sonde: costs_ns.map(|(bpf, cpu)| SondeRun {
                 bpf: BpfTotals {
                     run_time_ns: bpf * 1000,
@@ -179,7 +187,7 @@ pub mod tests {
             record(3, KeepAlive, Metrics, 36_000.0, 270.0, Some((700, 800)), 21),
             record(1, Close, Floor, 6_000.0, 3000.0, Some((1500, 300)), 10),
         ];
-        let rows = rows(&records);
+        let rows = rows(&records, 2);
         let spread = |median, min, max| Some(Spread { median, min, max });
         assert_eq!(
             rows.iter()
@@ -213,6 +221,7 @@ pub mod tests {
         assert_eq!(metrics.rss_peak_mib, spread(23.0, 22.0, 24.0));
         assert_eq!(metrics.events_lost, spread(0.0, 0.0, 0.0));
         assert_eq!(metrics.socket_errors, spread(0.0, 0.0, 0.0));
+        assert_eq!(metrics.other_cpu_share, spread(0.05, 0.05, 0.05));
         assert_eq!(metrics.spans_exported, None);
 
         let baseline = &rows[0];

@@ -245,7 +245,7 @@ mod tests {
     fn checks_every_line() {
         let runs = runs(600, 700, 5_900.0);
         let sustained = sustained(33);
-        let lines = evaluate(&rows(&runs), &runs, &sustained, &cardinality(50, 4.2));
+        let lines = evaluate(&rows(&runs, 2), &runs, &sustained, &cardinality(50, 4.2));
         assert_eq!(
             verdicts(&lines),
             [
@@ -283,7 +283,7 @@ mod tests {
         let runs = runs(601, 1001, 5_600.0);
         let mut sustained = sustained(41);
         sustained.sonde.as_mut().unwrap().counters.events_lost = 3.0;
-        let lines = evaluate(&rows(&runs), &runs, &sustained, &cardinality(65, 50.0));
+        let lines = evaluate(&rows(&runs, 2), &runs, &sustained, &cardinality(65, 50.0));
         let missed: Vec<&str> = lines
             .iter()
             .filter(|l| !l.met)
@@ -310,7 +310,7 @@ mod tests {
             .filter(|r| r.mode != Mode::Floor)
             .collect();
         let sustained = sustained(33);
-        let lines = evaluate(&rows(&runs), &runs, &sustained, &cardinality(50, 4.0));
+        let lines = evaluate(&rows(&runs, 2), &runs, &sustained, &cardinality(50, 4.0));
         assert_eq!(
             (lines[0].met, lines[0].measured.as_str()),
             (false, "not measured")

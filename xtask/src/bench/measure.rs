@@ -13,8 +13,8 @@
 //! (route `/nginx_status`, which sonde counts separately, so the route `/`
 //! series is exactly wrk's requests).
 //!
-//! Windows: BPF time and nginx's CPU are read right before wrk starts and
-//! right after it exits (the programs run for every process on the machine,
+//! Windows: BPF time, nginx's and the machine's CPU are read right before wrk
+//! starts and right after it exits (the programs run for every process on the machine,
 //! so a longer window would only add others' syscalls). sonde's CPU and
 //! memory are read after sonde has drained the last events ([`QUIET`]; in
 //! spans mode also until the sink stops receiving), before any scrape, so
@@ -90,10 +90,18 @@ pub struct Record {
     pub mode: Mode,
     pub seconds: u64,
     pub wrk: WrkReport,
+    /// CPU time wrk used.
+    pub wrk_cpu_ns: u64,
     /// Requests for `/` nginx read during the run.
     pub served: u64,
     /// CPU time of nginx's worker during the load.
     pub server_cpu_ns: u64,
+    /// How long the load ran (wrk's life).
+    pub load_ns: u64,
+    /// CPU time the machine spent busy during the load other than in nginx's
+    /// worker, wrk and sonde: other processes, and interrupt work (the
+    /// loopback's softirqs among it) that no process is charged for.
+    pub other_cpu_ns: u64,
     /// `None` in the baseline.
     pub sonde: Option<SondeRun>,
 }
@@ -132,6 +140,12 @@ impl Record {
 
     pub fn server_cpu_ns_per_request(&self) -> f64 {
         self.per_request(self.server_cpu_ns)
+    }
+
+    /// [`other_cpu_ns`](Self::other_cpu_ns) as a share of what `cores` CPUs
+    /// could do during the load.
+    pub fn other_cpu_share(&self, cores: usize) -> f64 {
+        self.other_cpu_ns as f64 / (self.load_ns as f64 * cores as f64)
     }
 }
 
@@ -186,15 +200,24 @@ pub fn run(bench: &Bench, spec: RunSpec) -> Result<(Record, Vec<Violation>)> {
     let bpf_before = sonde_pid.map(procfs::bpf_totals).transpose()?;
     let sonde_cpu_before = sonde_pid.map(procfs::cpu_ns).transpose()?;
     let server_cpu_before = procfs::cpu_ns(worker)?;
+    let busy_before = procfs::machine_busy_ns()?;
+    let load_started = Instant::now();
 
     let load = wrk::run(&nginx.url("/"), spec.workload, spec.duration, None)?;
 
+    let load_ns = load_started.elapsed().as_nanos() as u64;
+    let busy_ns = procfs::machine_busy_ns()? - busy_before;
     let server_cpu_ns = procfs::cpu_ns(worker)? - server_cpu_before;
+    let sonde_load_cpu_ns = match (sonde_pid, sonde_cpu_before) {
+        (Some(pid), Some(before)) => procfs::cpu_ns(pid)? - before,
+        _ => 0,
+    };
     let bpf = match (sonde_pid, bpf_before) {
         (Some(pid), Some(before)) => Some(procfs::bpf_totals(pid)?.since(before)),
         _ => None,
     };
     let served = nginx.requests_since(mark)?;
+    let other_cpu_ns = busy_ns.saturating_sub(server_cpu_ns + load.cpu_ns + sonde_load_cpu_ns);
 
     let mut violations = Vec::new();
     let sonde = match (daemon, sonde_cpu_before, bpf) {
@@ -241,9 +264,12 @@ pub fn run(bench: &Bench, spec: RunSpec) -> Result<(Record, Vec<Violation>)> {
         workload: spec.workload,
         mode: spec.mode,
         seconds: spec.duration.as_secs(),
-        wrk: load,
+        wrk: load.report,
+        wrk_cpu_ns: load.cpu_ns,
         served,
         server_cpu_ns,
+        load_ns,
+        other_cpu_ns,
         sonde,
     };
     Ok((record, violations))

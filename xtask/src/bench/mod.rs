@@ -135,7 +135,7 @@ fn measure_all(plan: Plan, sonde_bin: &Path, started: Instant) -> Result<Report>
     let (cardinality, failed) = cardinality::run(&bench, plan.cardinality_paths, run_duration)?;
     violations.extend(failed);
 
-    let rows = aggregate::rows(&runs);
+    let rows = aggregate::rows(&runs, machine.cores);
     let budget = budget::evaluate(&rows, &runs, &sustained, &cardinality);
     Ok(Report {
         machine,

@@ -122,6 +122,32 @@ fn parse_schedstat(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// CPU time every CPU of the machine spent busy so far (neither idle nor
+/// waiting for I/O), in nanoseconds: everything that ran, including
+/// interrupts and time the hypervisor took (steal).
+pub fn machine_busy_ns() -> Result<u64> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks = parse_busy_ticks(&stat).context("no `cpu` line in /proc/stat")?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Ok(ticks * 1_000_000_000 / per_second.max(1))
+}
+
+/// Busy ticks of the `cpu` line: user, nice, system, irq, softirq, steal
+/// (guest time is already in user).
+fn parse_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = fields[..] else {
+        return None;
+    };
+    Some(user + nice + system + irq + softirq + steal)
+}
+
 /// Resident memory of a process, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Memory {
@@ -182,6 +208,19 @@ mod tests {
         assert_eq!(parse_schedstat("123456789 2345 67\n"), Some(123456789));
         assert_eq!(parse_schedstat(""), None);
         assert_eq!(parse_schedstat("x 1 2"), None);
+    }
+
+    #[test]
+    fn reads_busy_ticks() {
+        let stat = "cpu  1547885 10789 287928 1010172 15731 0 42241 7820 0 0\n\
+                    cpu0 763338 5888 135543 529689 4958 0 18728 3891 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(
+            parse_busy_ticks(stat),
+            Some(1547885 + 10789 + 287928 + 42241 + 7820)
+        );
+        assert_eq!(parse_busy_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_busy_ticks("cpu  1 2 3\n"), None);
     }
 
     #[test]

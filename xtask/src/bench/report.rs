@@ -174,7 +174,9 @@ fn legend(plan: &Plan) -> String {
     };
     format!(
         "{spread} *vs baseline* and *Δ* compare each run with the baseline run of the same \
-         round. Costs are per `/` request nginx served.\n"
+         round. *other CPU*: the machine's CPU time used outside nginx, wrk and sonde during \
+         the load (other processes, interrupt work), as a share of all its CPUs; a high value \
+         marks a disturbed run. Costs are per `/` request nginx served.\n"
     )
 }
 
@@ -205,6 +207,7 @@ fn throughput_table(rows: &[Row]) -> String {
                     latency(v, row.p99_us.map_or(1.0, |p| p.median), true)
                 }),
                 cell(row.socket_errors, |v| format!("{v:.0}")),
+                cell(row.other_cpu_share, |v| format!("{:.0} %", v * 100.0)),
             ]
         })
         .collect();
@@ -219,6 +222,7 @@ fn throughput_table(rows: &[Row]) -> String {
             "p99",
             "Δ p99",
             "socket errors",
+            "other CPU",
         ],
         2,
         cells,
@@ -534,7 +538,7 @@ pub mod tests {
             scrapes: 20,
             scrape_bytes: 1800 * 1024,
         };
-        let rows = rows(&runs);
+        let rows = rows(&runs, 2);
         let budget = budget::evaluate(&rows, &runs, &sustained, &cardinality);
         Report {
             machine: Machine {

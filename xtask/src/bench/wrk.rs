@@ -5,8 +5,10 @@
 //! never compete for a core; sonde's threads and the rest of the machine
 //! share both.
 
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -82,6 +84,13 @@ pub struct WrkReport {
     pub non_2xx: u64,
 }
 
+/// A finished wrk run.
+pub struct Load {
+    pub report: WrkReport,
+    /// CPU time wrk used, user and system.
+    pub cpu_ns: u64,
+}
+
 /// Runs `wrk -t1 -c N -d duration --latency` on CPU 1 against `url`, with a
 /// Lua `script` if given. A Ctrl-C stops it and fails the run.
 pub fn run(
@@ -89,7 +98,7 @@ pub fn run(
     workload: Workload,
     duration: Duration,
     script: Option<&Path>,
-) -> Result<WrkReport> {
+) -> Result<Load> {
     let mut command = Command::new("taskset");
     command
         .args(["-c", WRK_CPU, "wrk", "-t1"])
@@ -104,33 +113,65 @@ pub fn run(
     }
     command.arg(url);
     let line = crate::cmd::display(&command);
-    // wrk prints well under a pipe's capacity, so waiting before reading is safe.
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start `{line}` (installed by `cargo xtask setup`)"))?;
+    // taskset execs wrk, so the child is wrk.
+    let pid = child.id() as libc::pid_t;
     let deadline = Instant::now() + duration + EXIT_GRACE;
-    while child.try_wait()?.is_none() {
+    let (status, cpu_ns) = loop {
+        if let Some(ended) = reap(pid, false)? {
+            break ended;
+        }
         if children::interrupted() || Instant::now() >= deadline {
             let _ = child.kill();
-            let _ = child.wait();
+            let _ = reap(pid, true);
             bail!("`{line}` stopped: interrupted or hung");
         }
         thread::sleep(Duration::from_millis(50));
+    };
+    // wrk prints well under a pipe's capacity, so reading after its end is safe.
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        pipe.read_to_string(&mut stdout)?;
     }
-    let output = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}{}",
-            output.status,
-            stdout,
-            String::from_utf8_lossy(&output.stderr)
-        );
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr)?;
     }
-    parse(&stdout).with_context(|| format!("unexpected output of `{line}`:\n{stdout}"))
+    if !status.success() {
+        bail!("`{line}` failed ({status}): {stdout}{stderr}");
+    }
+    let report =
+        parse(&stdout).with_context(|| format!("unexpected output of `{line}`:\n{stdout}"))?;
+    Ok(Load { report, cpu_ns })
+}
+
+/// Reaps child `pid` if it has ended (or, with `block`, once it ends): its
+/// exit status and the CPU time it used, which only `wait4` tells once the
+/// process is gone. `std::process::Child` is not told, so the caller must
+/// not wait on it again.
+fn reap(pid: libc::pid_t, block: bool) -> Result<Option<(ExitStatus, u64)>> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data for the kernel to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let options = if block { 0 } else { libc::WNOHANG };
+    // SAFETY: plain syscall on our own unreaped child, with valid out-pointers.
+    let reaped = unsafe { libc::wait4(pid, &mut status, options, &mut usage) };
+    if reaped == -1 {
+        return Err(std::io::Error::last_os_error()).context("waiting for wrk");
+    }
+    if reaped == 0 {
+        return Ok(None);
+    }
+    let ns = |time: libc::timeval| time.tv_sec as u64 * 1_000_000_000 + time.tv_usec as u64 * 1000;
+    Ok(Some((
+        ExitStatus::from_raw(status),
+        ns(usage.ru_utime) + ns(usage.ru_stime),
+    )))
 }
 
 /// Reads a `wrk --latency` report.
