@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sonde_tests::process::{exe_basename, TempDir};
+use sonde_tests::process::{exe_basename, poll, TempDir};
 use sonde_tests::servers::{Nginx, NginxConfig, NGINX_STATUS_PATH};
 
 use crate::http_get;
@@ -23,6 +23,7 @@ const WORKER_CPU: u32 = 0;
 /// connections last the whole run.
 const KEEPALIVE_REQUESTS: u64 = 1_000_000_000;
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+const WORKER_WITHIN: Duration = Duration::from_secs(5);
 /// Pause between the status readings that decide nginx is idle.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 const IDLE_WITHIN: Duration = Duration::from_secs(10);
@@ -58,10 +59,14 @@ impl BenchNginx {
             keepalive_requests: Some(KEEPALIVE_REQUESTS),
             status_page: true,
         })?;
-        let workers = nginx.workers();
-        let &[worker] = workers.as_slice() else {
-            bail!("nginx should have one worker, has {workers:?}");
-        };
+        // The master listens before it forks its worker.
+        let worker = poll(WORKER_WITHIN, Duration::from_millis(20), || {
+            match nginx.workers().as_slice() {
+                &[worker] => Some(worker),
+                _ => None,
+            }
+        })
+        .with_context(|| format!("nginx has not one worker but {:?}", nginx.workers()))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], nginx.server().port()));
         Ok(BenchNginx {
             nginx,
