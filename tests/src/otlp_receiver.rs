@@ -4,7 +4,9 @@
 //! `POST /v1/metrics`, protobuf bodies) served by hyper, each transport on its
 //! own loopback port. It keeps every request it accepts so tests can assert on
 //! exactly what sonde put on the wire, and it can be stopped and started
-//! again on the same ports to play a collector that goes away.
+//! again on the same ports to play a collector that goes away. Started with
+//! [`OtlpReceiver::start_counting`] it only counts the spans it accepts, so
+//! its memory stays flat under a benchmark's 100k+ spans per second.
 //!
 //! It runs on a runtime of its own, so tests use it the same way whether they
 //! are plain or async.
@@ -12,7 +14,10 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::{Ipv4Addr, SocketAddr, TcpListener as StdListener},
-    sync::{mpsc, Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant},
 };
 
@@ -215,6 +220,26 @@ fn lock<T>(exports: &Mutex<Vec<T>>) -> MutexGuard<'_, Vec<T>> {
 struct Stores {
     traces: Exports,
     metrics: MetricsExports,
+    /// Spans accepted so far, whether their requests are kept or not.
+    span_count: Arc<AtomicU64>,
+    /// Only count trace requests: [`OtlpReceiver::start_counting`].
+    count_only: bool,
+}
+
+impl Stores {
+    fn accept_traces(&self, export: Export) {
+        let spans: usize = export
+            .request
+            .resource_spans
+            .iter()
+            .flat_map(|resource| &resource.scope_spans)
+            .map(|scope| scope.spans.len())
+            .sum();
+        self.span_count.fetch_add(spans as u64, Ordering::Relaxed);
+        if !self.count_only {
+            lock(&self.traces).push(export);
+        }
+    }
 }
 
 /// The servers while they run: a stop signal and a completion report each.
@@ -235,6 +260,17 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts both servers on free loopback ports.
     pub fn start() -> Result<OtlpReceiver> {
+        OtlpReceiver::start_keeping(true)
+    }
+
+    /// Starts both servers, keeping only the number of spans received
+    /// ([`span_count`](Self::span_count)): [`exports`](Self::exports) and
+    /// [`spans`](Self::spans) stay empty. Metrics requests are kept as usual.
+    pub fn start_counting() -> Result<OtlpReceiver> {
+        OtlpReceiver::start_keeping(false)
+    }
+
+    fn start_keeping(traces: bool) -> Result<OtlpReceiver> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-receiver")
@@ -248,7 +284,10 @@ impl OtlpReceiver {
             grpc_addr: grpc.local_addr()?,
             http_addr: http.local_addr()?,
             runtime: Some(runtime),
-            stores: Stores::default(),
+            stores: Stores {
+                count_only: !traces,
+                ..Stores::default()
+            },
             running: None,
         };
         receiver.serve(grpc, http)?;
@@ -355,6 +394,11 @@ impl OtlpReceiver {
         flatten(&lock(&self.stores.traces))
     }
 
+    /// How many spans were received so far, in either mode.
+    pub fn span_count(&self) -> u64 {
+        self.stores.span_count.load(Ordering::Relaxed)
+    }
+
     /// Every metrics request accepted so far, in arrival order.
     pub fn metrics_exports(&self) -> Vec<MetricsExport> {
         lock(&self.stores.metrics).clone()
@@ -401,6 +445,7 @@ impl OtlpReceiver {
     /// Forgets what was received, spans and metrics.
     pub fn clear(&self) {
         lock(&self.stores.traces).clear();
+        self.stores.span_count.store(0, Ordering::Relaxed);
         lock(&self.stores.metrics).clear();
     }
 
@@ -510,7 +555,7 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        lock(&self.stores.traces).push(Export {
+        self.stores.accept_traces(Export {
             transport: Transport::Grpc,
             headers: grpc_headers(&request),
             request: request.into_inner(),
@@ -571,7 +616,7 @@ async fn handle_http(
     let path = request.uri().path().to_owned();
     let accepted = match path.as_str() {
         TRACES_PATH => decode_http(request).await.map(|(headers, request)| {
-            lock(&stores.traces).push(Export {
+            stores.accept_traces(Export {
                 transport: Transport::Http,
                 headers,
                 request,
@@ -769,6 +814,25 @@ mod tests {
         let headers = &receiver.exports()[0].headers;
         assert_eq!(headers["x-tenant"], "blue");
         assert_eq!(headers["content-type"], PROTOBUF);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn counts_spans_of_both_transports_in_either_mode() {
+        for counting in [false, true] {
+            let receiver = if counting {
+                OtlpReceiver::start_counting().unwrap()
+            } else {
+                OtlpReceiver::start().unwrap()
+            };
+            assert!(export(&mut grpc_exporter(receiver.grpc_endpoint())).await);
+            assert!(export(&mut http_exporter(receiver.http_endpoint())).await);
+            assert_eq!(receiver.span_count(), 2, "counting: {counting}");
+            let kept = if counting { 0 } else { 2 };
+            assert_eq!(receiver.spans().len(), kept, "counting: {counting}");
+            assert_eq!(receiver.exports().len(), kept, "counting: {counting}");
+            receiver.clear();
+            assert_eq!(receiver.span_count(), 0);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

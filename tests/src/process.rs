@@ -252,6 +252,11 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     status_bytes(pid, "VmRSS")
 }
 
+/// The highest resident memory `pid` has had (`VmHWM`), in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
 /// Resident anonymous memory of `pid` (`RssAnon`), in bytes: its heap,
 /// stacks and other memory it allocated itself.
 pub fn anon_rss_bytes(pid: u32) -> Result<u64> {

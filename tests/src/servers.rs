@@ -123,11 +123,96 @@ pub fn node() -> Server {
         .expect("start the Node test server")
 }
 
-/// nginx (a master and its workers) answering `200 ok` on every path,
-/// logging one line per request to its own access log.
+/// nginx (a master and its workers) answering `200 ok` on every path but
+/// `/static/` (files added with [`Nginx::add_static`]), logging one line per
+/// request to its own access log unless configured otherwise.
 pub struct Nginx {
     server: Server,
     dir: TempDir,
+}
+
+/// The path of nginx's `stub_status` page when [`NginxConfig::status_page`] is on.
+pub const NGINX_STATUS_PATH: &str = "/nginx_status";
+
+/// How an [`Nginx`] is set up; the default is what the end-to-end tests use.
+#[derive(Clone, Debug)]
+pub struct NginxConfig {
+    /// The nginx executable; its file name is what sonde names the service.
+    pub program: PathBuf,
+    pub workers: u32,
+    /// Every worker runs on this CPU only (`worker_cpu_affinity`).
+    pub worker_cpu: Option<u32>,
+    /// One line per request in `access.log` (see [`Nginx::access_log_lines`]).
+    pub access_log: bool,
+    /// Requests served on one keep-alive connection before nginx closes it;
+    /// `None` keeps nginx's default (1000).
+    pub keepalive_requests: Option<u64>,
+    /// `GET` [`NGINX_STATUS_PATH`] answers the `stub_status` page, whose
+    /// `requests` counter counts every request nginx has read.
+    pub status_page: bool,
+}
+
+impl Default for NginxConfig {
+    fn default() -> Self {
+        NginxConfig {
+            program: PathBuf::from("nginx"),
+            workers: 1,
+            worker_cpu: None,
+            access_log: true,
+            keepalive_requests: None,
+            status_page: false,
+        }
+    }
+}
+
+impl NginxConfig {
+    /// nginx.conf for a server on 127.0.0.1:`port` keeping its files in `prefix`.
+    fn render(&self, prefix: &str, port: u16) -> String {
+        let workers = self.workers;
+        let mut main = String::new();
+        if let Some(cpu) = self.worker_cpu {
+            // One bit mask per worker; bit N is CPU N.
+            let mask = format!("1{}", "0".repeat(cpu as usize));
+            let masks = vec![mask; workers as usize].join(" ");
+            main.push_str(&format!("worker_cpu_affinity {masks};\n"));
+        }
+        let mut http = String::new();
+        if self.access_log {
+            http.push_str("    log_format simple '$status $request_method $request_uri';\n");
+            http.push_str(&format!("    access_log {prefix}/access.log simple;\n"));
+        } else {
+            http.push_str("    access_log off;\n");
+        }
+        if let Some(requests) = self.keepalive_requests {
+            http.push_str(&format!("    keepalive_requests {requests};\n"));
+        }
+        let status = if self.status_page {
+            format!("        location = {NGINX_STATUS_PATH} {{ stub_status; }}\n")
+        } else {
+            String::new()
+        };
+        format!(
+            r#"daemon off;
+master_process on;
+worker_processes {workers};
+{main}pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+{http}    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+{status}        location / {{ return 200 "ok\n"; }}
+        location /static/ {{ alias {prefix}/static/; sendfile on; }}
+    }}
+}}
+"#
+        )
+    }
 }
 
 impl Nginx {
@@ -138,40 +223,24 @@ impl Nginx {
 
     /// A master with `workers` worker processes.
     pub fn with_workers(workers: u32) -> Nginx {
-        Self::try_start(workers).expect("start nginx (installed by `cargo xtask setup`)")
+        Self::with_config(&NginxConfig {
+            workers,
+            ..NginxConfig::default()
+        })
+        .expect("start nginx (installed by `cargo xtask setup`)")
     }
 
-    fn try_start(workers: u32) -> Result<Nginx> {
+    /// nginx set up as `config` says.
+    pub fn with_config(config: &NginxConfig) -> Result<Nginx> {
         let dir = TempDir::new("nginx")?;
         let port = free_port();
-        let prefix = dir.path().display();
-        let config = format!(
-            r#"daemon off;
-master_process on;
-worker_processes {workers};
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    log_format simple '$status $request_method $request_uri';
-    access_log {prefix}/access.log simple;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 200 "ok\n"; }}
-        location /static/ {{ alias {prefix}/static/; sendfile on; }}
-    }}
-}}
-"#
-        );
         std::fs::create_dir(dir.path().join("static"))?;
         let config_path = dir.path().join("nginx.conf");
-        std::fs::write(&config_path, config)?;
-        let child = Command::new("nginx")
+        std::fs::write(
+            &config_path,
+            config.render(&dir.path().display().to_string(), port),
+        )?;
+        let child = Command::new(&config.program)
             .arg("-p")
             .arg(dir.path())
             .arg("-e")
@@ -218,5 +287,74 @@ http {{
         std::fs::read_to_string(self.dir.path().join("access.log"))
             .map(|log| log.lines().count())
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_nginx_configs() {
+        let default = NginxConfig::default().render("/p", 8080);
+        assert_eq!(
+            default,
+            r#"daemon off;
+master_process on;
+worker_processes 1;
+pid /p/nginx.pid;
+error_log /p/error.log warn;
+events { worker_connections 1024; }
+http {
+    log_format simple '$status $request_method $request_uri';
+    access_log /p/access.log simple;
+    client_body_temp_path /p/client_body;
+    proxy_temp_path /p/proxy;
+    fastcgi_temp_path /p/fastcgi;
+    uwsgi_temp_path /p/uwsgi;
+    scgi_temp_path /p/scgi;
+    server {
+        listen 127.0.0.1:8080;
+        location / { return 200 "ok\n"; }
+        location /static/ { alias /p/static/; sendfile on; }
+    }
+}
+"#
+        );
+        let tuned = NginxConfig {
+            program: PathBuf::from("nginx"),
+            workers: 2,
+            worker_cpu: Some(1),
+            access_log: false,
+            keepalive_requests: Some(1_000_000),
+            status_page: true,
+        }
+        .render("/p", 8080);
+        assert_eq!(
+            tuned,
+            r#"daemon off;
+master_process on;
+worker_processes 2;
+worker_cpu_affinity 10 10;
+pid /p/nginx.pid;
+error_log /p/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path /p/client_body;
+    proxy_temp_path /p/proxy;
+    fastcgi_temp_path /p/fastcgi;
+    uwsgi_temp_path /p/uwsgi;
+    scgi_temp_path /p/scgi;
+    server {
+        listen 127.0.0.1:8080;
+        location = /nginx_status { stub_status; }
+        location / { return 200 "ok\n"; }
+        location /static/ { alias /p/static/; sendfile on; }
+    }
+}
+"#
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! This file only parses the command line and dispatches; each command lives
 //! in its own module. Errors end the process with a one-line message.
 
+mod bench;
 mod children;
 mod cmd;
 mod demo;
@@ -51,6 +52,22 @@ enum Command {
         #[arg(long)]
         otlp_endpoint: Option<String>,
     },
+    /// Measure what sonde costs nginx under wrk, against nginx alone and
+    /// an eBPF floor; assert sonde's counts; write bench/results/latest.*
+    /// and the README's Performance section (quick: target/bench-quick/).
+    /// Fails only on a correctness violation, never on the budget.
+    Bench {
+        /// 1 round of 3 s runs, short sustained and cardinality runs
+        /// (under 2 minutes); writes nothing outside target/.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds of every workload and mode (default 5, quick 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: Option<u64>,
+        /// Seconds of load per run (default 10, quick 3).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        seconds: Option<u64>,
+    },
     /// fmt, clippy, unit tests, release build and privileged end-to-end tests.
     Test {
         /// Only fmt, clippy and unit tests.
@@ -85,6 +102,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             seconds,
             otlp_endpoint,
         } => demo::demo(seconds.map(Duration::from_secs), otlp_endpoint.as_deref())?,
+        Command::Bench {
+            quick,
+            rounds,
+            seconds,
+        } => {
+            let options = bench::Options {
+                quick,
+                rounds: rounds.map(|n| n as usize),
+                seconds,
+            };
+            if !bench::bench(options)? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Test { unit, e2e } => {
             // The suite prints its own verdict as its last line.
             if !test_suite::test(test_suite::Selection::from_flags(unit, e2e))? {

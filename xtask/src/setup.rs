@@ -44,6 +44,8 @@ const APT_PACKAGES: &[(&str, Scope)] = &[
     ("bpftool", Scope::Everything),
     ("iproute2", Scope::Everything),
     ("python3", Scope::Everything),
+    // The bench chart's font (xtask/src/bench/chart.rs).
+    ("fonts-dejavu-core", Scope::Everything),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,8 +1,9 @@
 //! `cargo xtask test`, what CI runs: formatting, lints, unit tests, the
 //! release build and the privileged end-to-end tests against the real
-//! kernel. Independent steps all run even after a failure, and test runs go
-//! on past failing test binaries, so one CI run reports every problem; the
-//! end-to-end tests need the release build.
+//! kernel, then a quick bench that asserts sonde's counts under load.
+//! Independent steps all run even after a failure, and test runs go on past
+//! failing test binaries, so one CI run reports every problem; the
+//! end-to-end tests and the bench need the release build.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -113,11 +114,15 @@ pub fn test(selection: Selection) -> Result<bool> {
             ])
             .env("SONDE_BIN", workspace::sonde_path(true));
             results.push(("end-to-end tests", step(&mut e2e)));
+
+            // Its exit status reflects sonde's counts only, never timings.
+            let mut bench = Command::new(std::env::current_exe()?);
+            bench.args(["bench", "--quick"]);
+            results.push(("bench --quick (correctness)", step(&mut bench)));
         } else {
-            results.push((
-                "end-to-end tests",
-                Outcome::Skipped("the release build failed"),
-            ));
+            for name in ["end-to-end tests", "bench --quick (correctness)"] {
+                results.push((name, Outcome::Skipped("the release build failed")));
+            }
         }
     }
 
@@ -125,12 +130,12 @@ pub fn test(selection: Selection) -> Result<bool> {
     for (name, outcome) in &results {
         match outcome {
             Outcome::Passed(took) => {
-                eprintln!("  ok       {name:<22} {:>6.1} s", took.as_secs_f64())
+                eprintln!("  ok       {name:<28} {:>6.1} s", took.as_secs_f64())
             }
             Outcome::Failed(took) => {
-                eprintln!("  FAILED   {name:<22} {:>6.1} s", took.as_secs_f64())
+                eprintln!("  FAILED   {name:<28} {:>6.1} s", took.as_secs_f64())
             }
-            Outcome::Skipped(why) => eprintln!("  skipped  {name:<22} ({why})"),
+            Outcome::Skipped(why) => eprintln!("  skipped  {name:<28} ({why})"),
         }
     }
     let failed: Vec<&str> = results
