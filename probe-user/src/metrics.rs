@@ -309,8 +309,25 @@ impl ExchangeSeries {
 
 struct InFlight {
     key: ActiveKey,
-    /// The child incremented at start, decremented exactly once.
+    /// Index in `Aggregator::gauges` of the gauge counted up at start,
+    /// counted down exactly once.
+    gauge: usize,
+}
+
+/// An active-request gauge and its count. Only the aggregator changes it,
+/// so it keeps the count and stores it (a plain store) where `inc`/`dec`
+/// would be locked read-modify-writes. One gauge per `ActiveKey`: distinct
+/// keys have distinct label values (ids name distinct labels).
+struct ActiveGauge {
     gauge: IntGauge,
+    count: i64,
+}
+
+impl ActiveGauge {
+    fn add(&mut self, n: i64) {
+        self.count += n;
+        self.gauge.set(self.count);
+    }
 }
 
 /// Aggregates observations into the HTTP metrics.
@@ -319,7 +336,9 @@ pub struct Aggregator {
     max_series: usize,
     server: SideFamilies,
     client: SideFamilies,
-    active: HashMap<ActiveKey, IntGauge>,
+    /// Index of each key's gauge in `gauges`.
+    active: HashMap<ActiveKey, usize>,
+    gauges: Vec<ActiveGauge>,
     series: HashMap<ExchangeKey, ExchangeSeries>,
     /// Bounded by the tracker, which ends every started request with a
     /// `Finished` or an `Abandoned`.
@@ -360,6 +379,7 @@ impl Aggregator {
             server: SideFamilies::new(registry, "server", &SERVER_LABELS)?,
             client: SideFamilies::new(registry, "client", &CLIENT_LABELS)?,
             active: HashMap::new(),
+            gauges: Vec::new(),
             series: HashMap::new(),
             in_flight: HashMap::new(),
             incomplete: register(
@@ -380,17 +400,17 @@ impl Aggregator {
             Observation::Started(s) => {
                 let key = self.active_key(&s.at, &s.request, names);
                 let gauge = self.active_gauge(key);
-                gauge.inc();
+                self.gauges[gauge].add(1);
                 if let Some(stale) = self.in_flight.insert(s.id, InFlight { key, gauge }) {
                     // An id started twice would be a tracker bug; undo the
                     // first start rather than leave the gauge up forever.
-                    stale.gauge.dec();
+                    self.gauges[stale.gauge].add(-1);
                 }
             }
             Observation::Finished(f) => {
                 let key = match self.in_flight.remove(&f.id) {
                     Some(started) => {
-                        started.gauge.dec();
+                        self.gauges[started.gauge].add(-1);
                         started.key
                     }
                     None => self.active_key(&f.at, &f.request, names),
@@ -407,7 +427,7 @@ impl Aggregator {
             }
             Observation::Abandoned { id, reason, .. } => {
                 if let Some(started) = self.in_flight.remove(id) {
-                    started.gauge.dec();
+                    self.gauges[started.gauge].add(-1);
                 }
                 self.abandoned.with_label_values(&[reason.label()]).inc();
             }
@@ -432,25 +452,28 @@ impl Aggregator {
         }
     }
 
-    fn active_gauge(&mut self, key: ActiveKey) -> IntGauge {
+    /// Index in `gauges` of the gauge of `key`.
+    fn active_gauge(&mut self, key: ActiveKey) -> usize {
         let Aggregator {
             namer,
             server,
             client,
             active,
+            gauges,
             ..
         } = self;
-        active
-            .entry(key)
-            .or_insert_with(|| {
-                let family = if key.server_side() {
-                    &server.active
-                } else {
-                    &client.active
-                };
-                family.with_label_values(&active_labels(namer, key))
-            })
-            .clone()
+        *active.entry(key).or_insert_with(|| {
+            let family = if key.server_side() {
+                &server.active
+            } else {
+                &client.active
+            };
+            gauges.push(ActiveGauge {
+                gauge: family.with_label_values(&active_labels(namer, key)),
+                count: 0,
+            });
+            gauges.len() - 1
+        })
     }
 
     /// The histograms of `key`, counting the label sets that overflowed.
