@@ -10,7 +10,9 @@
 //! pipelined messages, tails the kernel did not copy, garbage.
 mod trace_context;
 
-use crate::exchange::{Anomaly, Request};
+use std::borrow::Cow;
+
+use crate::exchange::{Anomaly, Request, STANDARD_METHODS};
 use trace_context::TraceHeaders;
 
 /// Longest head kept while waiting for its end (RFC 9112 leaves it to us;
@@ -1099,13 +1101,21 @@ impl RequestLine<'_> {
     fn request(&self) -> Option<Request> {
         let (path, cut) = path_of(self.target, self.target_complete)?;
         Some(Request {
-            method: lossy_string(self.method),
+            method: method_text(self.method),
             path: lossy_string(&path[..path.len().min(MAX_PATH)]),
             path_truncated: cut || path.len() > MAX_PATH,
             // A cut line without its version: HTTP/1.1 is what is spoken.
             version: self.version.unwrap_or("1.1"),
             trace: None,
         })
+    }
+}
+
+/// A method token as text: static for the standard methods.
+fn method_text(method: &[u8]) -> Cow<'static, str> {
+    match STANDARD_METHODS.iter().find(|m| m.as_bytes() == method) {
+        Some(standard) => Cow::Borrowed(standard),
+        None => Cow::Owned(lossy_string(method)),
     }
 }
 

@@ -20,6 +20,7 @@ use prometheus::{
 use crate::event::DecodeError;
 use crate::exchange::{
     AbandonReason, Anomaly, Endpoint, Finished, Observation, Request, RequestId, Side,
+    STANDARD_METHODS,
 };
 use crate::process::Names;
 use crate::route::{Limits, Namer, PeerId, RouteId, ServiceId};
@@ -37,39 +38,29 @@ pub const BODY_SIZE_BUCKETS: [f64; 12] = [
     16777216.0,
 ];
 
+/// The `http_request_method` of any method but the standard ones, which
+/// OpenTelemetry names as themselves.
 pub const OTHER_METHOD: &str = "_OTHER";
-/// Values of `http_request_method`: the methods OpenTelemetry names as
-/// themselves, then [`OTHER_METHOD`] for any other.
-const METHOD_LABELS: [&str; 10] = [
-    "GET",
-    "HEAD",
-    "POST",
-    "PUT",
-    "DELETE",
-    "CONNECT",
-    "OPTIONS",
-    "TRACE",
-    "PATCH",
-    OTHER_METHOD,
-];
 
-/// A method's label as its index in `METHOD_LABELS`: keys compare and hash
-/// a number, not text.
+/// A method's label as its index in `STANDARD_METHODS` (past its end:
+/// `OTHER_METHOD`): keys compare and hash a number, not text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct MethodLabel(u8);
 
 impl MethodLabel {
     fn of(method: &str) -> Self {
-        let known = METHOD_LABELS.len() - 1;
-        let index = METHOD_LABELS[..known]
+        let index = STANDARD_METHODS
             .iter()
             .position(|&m| m == method)
-            .unwrap_or(known);
+            .unwrap_or(STANDARD_METHODS.len());
         MethodLabel(index as u8)
     }
 
     fn label(self) -> &'static str {
-        METHOD_LABELS[usize::from(self.0)]
+        STANDARD_METHODS
+            .get(usize::from(self.0))
+            .copied()
+            .unwrap_or(OTHER_METHOD)
     }
 }
 
@@ -771,7 +762,7 @@ mod tests {
 
     fn request(method: &str, path: &str) -> Request {
         Request {
-            method: method.to_owned(),
+            method: method.to_owned().into(),
             path: path.to_owned(),
             path_truncated: false,
             version: "1.1",
