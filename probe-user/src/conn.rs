@@ -694,7 +694,7 @@ impl Conn {
                 Output::Request(head) => {
                     self.learn_side(side_seeing(data.dir, Kind::Request));
                     *last_id += 1;
-                    self.on_request(*last_id, head, max_pending, out);
+                    self.on_request(*last_id, *head, max_pending, out);
                 }
                 Output::Response { status, tunnel } => {
                     self.learn_side(side_seeing(data.dir, Kind::Response));

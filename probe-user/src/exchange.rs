@@ -4,7 +4,14 @@
 //! Nothing here holds a query string, a body or a header value other than
 //! the W3C trace context (`traceparent`, `tracestate`): paths are cut at `?`
 //! by the parser, so no later stage can leak them.
+use std::borrow::Cow;
 use std::net::SocketAddr;
+
+/// The methods RFC 9110 defines, and PATCH: requests name them as static
+/// text, and aggregation labels them as themselves.
+pub const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 /// Which side of the exchange the observed process is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -19,8 +26,9 @@ pub enum Side {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     /// Upper-case method token as sent (`GET`, `PROPFIND`); aggregation maps
-    /// unknown methods to `_OTHER`.
-    pub method: String,
+    /// unknown methods to `_OTHER`. One of `STANDARD_METHODS` is borrowed,
+    /// so most requests allocate nothing for it.
+    pub method: Cow<'static, str>,
     /// Path without query string or fragment; `*` for `OPTIONS *`; the path
     /// part of an absolute-form target.
     pub path: String,

@@ -10,7 +10,9 @@
 //! pipelined messages, tails the kernel did not copy, garbage.
 mod trace_context;
 
-use crate::exchange::{Anomaly, Request};
+use std::borrow::Cow;
+
+use crate::exchange::{Anomaly, Request, STANDARD_METHODS};
 use trace_context::TraceHeaders;
 
 /// Longest head kept while waiting for its end (RFC 9112 leaves it to us;
@@ -78,14 +80,14 @@ pub struct RequestHead {
 /// A message boundary found by [`Parser::next`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    Request(RequestHead),
+    /// Boxed from the moment its request line is parsed: the one large
+    /// output would otherwise be moved, at its size, through every step of
+    /// the parse of every head, responses included.
+    Request(Box<RequestHead>),
     /// A response head. `tunnel`: the connection stops carrying HTTP after
     /// it (101 Switching Protocols, 2xx to CONNECT); the parser ignores the
     /// rest of its stream, the caller should stop the other one.
-    Response {
-        status: u16,
-        tunnel: bool,
-    },
+    Response { status: u16, tunnel: bool },
     /// The end of the message whose head came last. `body_bytes` is the
     /// decoded body size; `end_ns` the time of the read or write holding its
     /// last byte. `complete` is false only from [`Parser::close`], when the
@@ -420,14 +422,11 @@ impl Parser {
         }
     }
 
-    fn request_head(&self, parsed: ParsedRequest, cut: bool) -> Output {
-        Output::Request(RequestHead {
-            request: parsed.request,
-            start_ns: self.start_ns,
-            tid: self.start_tid,
-            cut,
-            bad_traceparent: parsed.bad_traceparent,
-        })
+    fn request_head(&self, mut head: Box<RequestHead>, cut: bool) -> Output {
+        head.start_ns = self.start_ns;
+        head.tid = self.start_tid;
+        head.cut = cut;
+        Output::Request(head)
     }
 
     /// Sets up the body of a parsed head and reports the head.
@@ -776,15 +775,10 @@ fn token_len(bytes: &[u8]) -> usize {
 }
 
 enum StartLine {
-    Request(ParsedRequest),
+    /// With its trace context once the head is whole; where and when it was
+    /// seen are set as it is reported.
+    Request(Box<RequestHead>),
     Response(u16),
-}
-
-struct ParsedRequest {
-    /// With its trace context, when the head carried a valid one.
-    request: Request,
-    /// The head carried a `traceparent` that is not valid.
-    bad_traceparent: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -930,8 +924,8 @@ impl<'a> HeadLines<'a> {
     /// moving the whole of `self` costs a memcpy call per head.
     fn finish(&mut self) -> ParsedHead {
         let mut start = self.start.take().ok_or(Anomaly::BadHead)?;
-        if let StartLine::Request(parsed) = &mut start {
-            parsed.bad_traceparent = self.trace.attach(&mut parsed.request);
+        if let StartLine::Request(head) = &mut start {
+            head.bad_traceparent = self.trace.attach(&mut head.request);
         }
         Ok((start, self.framing))
     }
@@ -947,10 +941,9 @@ fn start_line(line: &[u8], kind: Option<Kind>) -> Result<StartLine, Anomaly> {
         )),
         (false, _) => {
             let line = request_line(line, true).ok_or(Anomaly::BadHead)?;
-            Ok(StartLine::Request(ParsedRequest {
-                request: line.request().ok_or(Anomaly::BadHead)?,
-                bad_traceparent: false,
-            }))
+            Ok(StartLine::Request(unplaced(
+                line.request().ok_or(Anomaly::BadHead)?,
+            )))
         }
     }
 }
@@ -1108,13 +1101,21 @@ impl RequestLine<'_> {
     fn request(&self) -> Option<Request> {
         let (path, cut) = path_of(self.target, self.target_complete)?;
         Some(Request {
-            method: lossy_string(self.method),
+            method: method_text(self.method),
             path: lossy_string(&path[..path.len().min(MAX_PATH)]),
             path_truncated: cut || path.len() > MAX_PATH,
             // A cut line without its version: HTTP/1.1 is what is spoken.
             version: self.version.unwrap_or("1.1"),
             trace: None,
         })
+    }
+}
+
+/// A method token as text: static for the standard methods.
+fn method_text(method: &[u8]) -> Cow<'static, str> {
+    match STANDARD_METHODS.iter().find(|m| m.as_bytes() == method) {
+        Some(standard) => Cow::Borrowed(standard),
+        None => Cow::Owned(lossy_string(method)),
     }
 }
 
@@ -1160,10 +1161,21 @@ fn request_line(line: &[u8], complete: bool) -> Option<RequestLine<'_>> {
     })
 }
 
+/// A request head whose time, thread and cut are set when it is reported.
+fn unplaced(request: Request) -> Box<RequestHead> {
+    Box::new(RequestHead {
+        request,
+        start_ns: 0,
+        tid: 0,
+        cut: false,
+        bad_traceparent: false,
+    })
+}
+
 /// A request from a head the kernel cut short: usable when its request line
 /// reaches the path. Errors: `BadHead` for a whole but invalid request line,
 /// `Gap` when too little was captured.
-fn cut_request(head: &[u8]) -> Result<ParsedRequest, Anomaly> {
+fn cut_request(head: &[u8]) -> Result<Box<RequestHead>, Anomaly> {
     let (line, rest) = split_line(head);
     let complete = rest.is_some();
     let line = if complete { line } else { strip_cr(line) };
@@ -1189,10 +1201,10 @@ fn cut_request(head: &[u8]) -> Result<ParsedRequest, Anomaly> {
             _ => break,
         }
     }
-    Ok(ParsedRequest {
-        bad_traceparent: trace.attach(&mut request),
-        request,
-    })
+    let bad_traceparent = trace.attach(&mut request);
+    let mut head = unplaced(request);
+    head.bad_traceparent = bad_traceparent;
+    Ok(head)
 }
 
 /// The path of a request target (RFC 9112 §3.2) without query or fragment,
@@ -1968,22 +1980,22 @@ mod tests {
     fn long_paths_are_kept_as_a_prefix() {
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(3000));
         let mut input = Input::new(long.as_bytes(), long.len() as u32, 1, 1);
-        let Some(Output::Request(RequestHead { request, .. })) =
-            Parser::new(REQ).next(&mut input, Answering::Other)
+        let Some(Output::Request(head)) = Parser::new(REQ).next(&mut input, Answering::Other)
         else {
             panic!("no request");
         };
+        let request = head.request;
         assert_eq!(
             (request.path.len(), request.path_truncated),
             (MAX_PATH, true)
         );
         let exact = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_PATH - 1));
         let mut input = Input::new(exact.as_bytes(), exact.len() as u32, 1, 1);
-        let Some(Output::Request(RequestHead { request, .. })) =
-            Parser::new(REQ).next(&mut input, Answering::Other)
+        let Some(Output::Request(head)) = Parser::new(REQ).next(&mut input, Answering::Other)
         else {
             panic!("no request");
         };
+        let request = head.request;
         assert_eq!(
             (request.path.len(), request.path_truncated),
             (MAX_PATH, false)

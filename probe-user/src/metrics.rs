@@ -20,6 +20,7 @@ use prometheus::{
 use crate::event::DecodeError;
 use crate::exchange::{
     AbandonReason, Anomaly, Endpoint, Finished, Observation, Request, RequestId, Side,
+    STANDARD_METHODS,
 };
 use crate::process::Names;
 use crate::route::{Limits, Namer, PeerId, RouteId, ServiceId};
@@ -37,39 +38,29 @@ pub const BODY_SIZE_BUCKETS: [f64; 12] = [
     16777216.0,
 ];
 
+/// The `http_request_method` of any method but the standard ones, which
+/// OpenTelemetry names as themselves.
 pub const OTHER_METHOD: &str = "_OTHER";
-/// Values of `http_request_method`: the methods OpenTelemetry names as
-/// themselves, then [`OTHER_METHOD`] for any other.
-const METHOD_LABELS: [&str; 10] = [
-    "GET",
-    "HEAD",
-    "POST",
-    "PUT",
-    "DELETE",
-    "CONNECT",
-    "OPTIONS",
-    "TRACE",
-    "PATCH",
-    OTHER_METHOD,
-];
 
-/// A method's label as its index in `METHOD_LABELS`: keys compare and hash
-/// a number, not text.
+/// A method's label as its index in `STANDARD_METHODS` (past its end:
+/// `OTHER_METHOD`): keys compare and hash a number, not text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct MethodLabel(u8);
 
 impl MethodLabel {
     fn of(method: &str) -> Self {
-        let known = METHOD_LABELS.len() - 1;
-        let index = METHOD_LABELS[..known]
+        let index = STANDARD_METHODS
             .iter()
             .position(|&m| m == method)
-            .unwrap_or(known);
+            .unwrap_or(STANDARD_METHODS.len());
         MethodLabel(index as u8)
     }
 
     fn label(self) -> &'static str {
-        METHOD_LABELS[usize::from(self.0)]
+        STANDARD_METHODS
+            .get(usize::from(self.0))
+            .copied()
+            .unwrap_or(OTHER_METHOD)
     }
 }
 
@@ -309,8 +300,25 @@ impl ExchangeSeries {
 
 struct InFlight {
     key: ActiveKey,
-    /// The child incremented at start, decremented exactly once.
+    /// Index in `Aggregator::gauges` of the gauge counted up at start,
+    /// counted down exactly once.
+    gauge: usize,
+}
+
+/// An active-request gauge and its count. Only the aggregator changes it,
+/// so it keeps the count and stores it (a plain store) where `inc`/`dec`
+/// would be locked read-modify-writes. One gauge per `ActiveKey`: distinct
+/// keys have distinct label values (ids name distinct labels).
+struct ActiveGauge {
     gauge: IntGauge,
+    count: i64,
+}
+
+impl ActiveGauge {
+    fn add(&mut self, n: i64) {
+        self.count += n;
+        self.gauge.set(self.count);
+    }
 }
 
 /// Aggregates observations into the HTTP metrics.
@@ -319,7 +327,9 @@ pub struct Aggregator {
     max_series: usize,
     server: SideFamilies,
     client: SideFamilies,
-    active: HashMap<ActiveKey, IntGauge>,
+    /// Index of each key's gauge in `gauges`.
+    active: HashMap<ActiveKey, usize>,
+    gauges: Vec<ActiveGauge>,
     series: HashMap<ExchangeKey, ExchangeSeries>,
     /// Bounded by the tracker, which ends every started request with a
     /// `Finished` or an `Abandoned`.
@@ -360,6 +370,7 @@ impl Aggregator {
             server: SideFamilies::new(registry, "server", &SERVER_LABELS)?,
             client: SideFamilies::new(registry, "client", &CLIENT_LABELS)?,
             active: HashMap::new(),
+            gauges: Vec::new(),
             series: HashMap::new(),
             in_flight: HashMap::new(),
             incomplete: register(
@@ -380,17 +391,17 @@ impl Aggregator {
             Observation::Started(s) => {
                 let key = self.active_key(&s.at, &s.request, names);
                 let gauge = self.active_gauge(key);
-                gauge.inc();
+                self.gauges[gauge].add(1);
                 if let Some(stale) = self.in_flight.insert(s.id, InFlight { key, gauge }) {
                     // An id started twice would be a tracker bug; undo the
                     // first start rather than leave the gauge up forever.
-                    stale.gauge.dec();
+                    self.gauges[stale.gauge].add(-1);
                 }
             }
             Observation::Finished(f) => {
                 let key = match self.in_flight.remove(&f.id) {
                     Some(started) => {
-                        started.gauge.dec();
+                        self.gauges[started.gauge].add(-1);
                         started.key
                     }
                     None => self.active_key(&f.at, &f.request, names),
@@ -407,7 +418,7 @@ impl Aggregator {
             }
             Observation::Abandoned { id, reason, .. } => {
                 if let Some(started) = self.in_flight.remove(id) {
-                    started.gauge.dec();
+                    self.gauges[started.gauge].add(-1);
                 }
                 self.abandoned.with_label_values(&[reason.label()]).inc();
             }
@@ -432,25 +443,28 @@ impl Aggregator {
         }
     }
 
-    fn active_gauge(&mut self, key: ActiveKey) -> IntGauge {
+    /// Index in `gauges` of the gauge of `key`.
+    fn active_gauge(&mut self, key: ActiveKey) -> usize {
         let Aggregator {
             namer,
             server,
             client,
             active,
+            gauges,
             ..
         } = self;
-        active
-            .entry(key)
-            .or_insert_with(|| {
-                let family = if key.server_side() {
-                    &server.active
-                } else {
-                    &client.active
-                };
-                family.with_label_values(&active_labels(namer, key))
-            })
-            .clone()
+        *active.entry(key).or_insert_with(|| {
+            let family = if key.server_side() {
+                &server.active
+            } else {
+                &client.active
+            };
+            gauges.push(ActiveGauge {
+                gauge: family.with_label_values(&active_labels(namer, key)),
+                count: 0,
+            });
+            gauges.len() - 1
+        })
     }
 
     /// The histograms of `key`, counting the label sets that overflowed.
@@ -748,7 +762,7 @@ mod tests {
 
     fn request(method: &str, path: &str) -> Request {
         Request {
-            method: method.to_owned(),
+            method: method.to_owned().into(),
             path: path.to_owned(),
             path_truncated: false,
             version: "1.1",

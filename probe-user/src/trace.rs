@@ -289,7 +289,7 @@ impl Assembler {
             side: s.at.side,
             thread,
             conn,
-            method: request.method.clone(),
+            method: request.method.to_string(),
             path: request.path.clone(),
             path_truncated: request.path_truncated,
             version: request.version,
@@ -968,7 +968,7 @@ mod tests {
 
         fn request(&self) -> Request {
             Request {
-                method: self.method.to_owned(),
+                method: self.method.into(),
                 path: self.path.to_owned(),
                 path_truncated: self.path_truncated,
                 version: "1.1",
