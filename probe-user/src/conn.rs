@@ -89,14 +89,31 @@
 //! was first seen on each end around a request sent but not yet read. The
 //! numbering then stays shifted for the life of the connection; a consumer
 //! should also check that the times agree.
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
 
 use crate::event::{ConnOpen, Data, Direction, Event, RoleHint};
 use crate::exchange::{
     AbandonReason, Anomaly, Endpoint, Finished, Observation, Request, RequestId, Side, Started,
 };
 use crate::http1::{Answering, Input, Kind, Output, Parser, RequestHead};
+
+/// Where the tracker's observations go, in order: straight to the stages
+/// after it in the daemon, or a `Vec`. Observers only look, so the tracker
+/// keeps what it still needs (a started request waits for its response)
+/// without a copy.
+pub trait Observer {
+    fn observe(&mut self, observation: &Observation);
+}
+
+impl Observer for Vec<Observation> {
+    fn observe(&mut self, observation: &Observation) {
+        self.push(observation.clone());
+    }
+}
 
 /// Limits of the tracker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,14 +191,19 @@ impl Tracker {
     }
 
     /// Consumes one event (in ring-buffer order) and appends what it caused.
-    pub fn handle(&mut self, event: &Event, out: &mut Vec<Observation>) {
+    pub fn handle<P: AsRef<[u8]>>(&mut self, event: &Event<P>, out: &mut dyn Observer) {
         match event {
             Event::Open(open) => self.open(open, out),
             Event::Data(data) => {
-                if let Some(conn) = self
-                    .live_key(data.conn_id, out)
-                    .and_then(|key| self.conns.get_mut(&key))
-                {
+                // Two lookups on the hot path: the fd's key, then its connection.
+                let key = self.ids.get(&data.conn_id).copied();
+                let conn = match key.and_then(|key| self.conns.get_mut(&key)) {
+                    Some(conn) => Some(conn),
+                    None => self
+                        .revive(key, out)
+                        .and_then(|key| self.conns.get_mut(&key)),
+                };
+                if let Some(conn) = conn {
                     conn.on_data(data, &mut self.last_id, self.config.max_pending, out);
                 }
             }
@@ -205,7 +227,7 @@ impl Tracker {
     /// Buries connections idle for longer than the idle timeout. `now_ns` is
     /// on the events' clock (CLOCK_MONOTONIC). Costs O(live connections): call
     /// it every few seconds, not per event.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Observation>) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut dyn Observer) {
         let idle_ns = self.config.idle_timeout_ns;
         let mut expired = std::mem::take(&mut self.expired);
         expired.extend(
@@ -226,7 +248,7 @@ impl Tracker {
         self.expired = expired;
     }
 
-    fn open(&mut self, open: &ConnOpen, out: &mut Vec<Observation>) {
+    fn open(&mut self, open: &ConnOpen, out: &mut dyn Observer) {
         // An id still naming a connection, open or not (its fd closed while
         // another fd keeps the socket): announced twice, what is known stays.
         if self.ids.contains_key(&open.conn_id)
@@ -243,7 +265,7 @@ impl Tracker {
             }
         }
         if self.conns.len() >= self.config.max_connections {
-            out.push(Observation::Anomaly(Anomaly::TooManyConnections));
+            out.observe(&Observation::Anomaly(Anomaly::TooManyConnections));
             return;
         }
         self.conns.insert(open.conn_id, Conn::new(open));
@@ -276,21 +298,17 @@ impl Tracker {
         }
     }
 
-    /// The key of the live connection that `conn_id` is an fd of, reviving it
-    /// if it is buried. None, counted, when there is none.
-    fn live_key(&mut self, conn_id: u64, out: &mut Vec<Observation>) -> Option<u64> {
-        let buried = match self.ids.get(&conn_id).copied() {
-            Some(key) if self.conns.contains_key(&key) => return Some(key),
-            Some(key) => self.graves.remove(key).map(|grave| (key, grave)),
-            None => None,
-        };
+    /// Revives the buried connection `key` (that of an fd with data, not
+    /// live). None, counted, when there is none.
+    fn revive(&mut self, key: Option<u64>, out: &mut dyn Observer) -> Option<u64> {
+        let buried = key.and_then(|key| self.graves.remove(key).map(|grave| (key, grave)));
         let Some((key, grave)) = buried else {
-            out.push(Observation::Anomaly(Anomaly::UnknownConnection));
+            out.observe(&Observation::Anomaly(Anomaly::UnknownConnection));
             return None;
         };
         if self.conns.len() >= self.config.max_connections {
             // As for a new connection: counted once, its data unknown from now on.
-            out.push(Observation::Anomaly(Anomaly::TooManyConnections));
+            out.observe(&Observation::Anomaly(Anomaly::TooManyConnections));
             self.unindex(key, &grave.who);
             return None;
         }
@@ -529,7 +547,8 @@ impl Graves {
     }
 }
 
-/// A request waiting for its response.
+/// A request waiting for its response. At most 128 bytes, so that queueing
+/// and dequeuing it are inline moves rather than memcpy calls.
 #[derive(Debug)]
 struct Pending {
     id: RequestId,
@@ -543,9 +562,10 @@ struct Pending {
     verified: bool,
     /// Decoded body size, once the request's body has ended.
     body_bytes: Option<u64>,
-    /// Final status, once the response head has been seen.
-    status: Option<u16>,
+    /// Final status, once the response head has been seen (never 0).
+    status: Option<NonZeroU16>,
 }
+const _: () = assert!(std::mem::size_of::<Pending>() <= 128);
 
 #[derive(Debug)]
 struct Conn {
@@ -603,7 +623,7 @@ impl Conn {
 
     /// Idle past the timeout: ends what is outstanding (`Expired`) and keeps
     /// what a revival needs.
-    fn expire(mut self, out: &mut Vec<Observation>) -> Grave {
+    fn expire(mut self, out: &mut dyn Observer) -> Grave {
         let quiet = self.aligned
             && self.pending.is_empty()
             && self.inbound.is_idle()
@@ -649,15 +669,15 @@ impl Conn {
         }
     }
 
-    fn on_data(
+    fn on_data<P: AsRef<[u8]>>(
         &mut self,
-        data: &Data,
+        data: &Data<P>,
         last_id: &mut RequestId,
         max_pending: usize,
-        out: &mut Vec<Observation>,
+        out: &mut dyn Observer,
     ) {
         self.last_ns = data.ts_ns;
-        let mut input = Input::new(&data.payload, data.total_len, data.ts_ns, data.tid);
+        let mut input = Input::new(data.payload.as_ref(), data.total_len, data.ts_ns, data.tid);
         loop {
             let answering = self
                 .pending
@@ -689,7 +709,7 @@ impl Conn {
                     complete,
                 } => self.finish_front(end_ns, body_bytes, complete, out),
                 Output::Desync(why) => {
-                    out.push(Observation::Anomaly(why));
+                    out.observe(&Observation::Anomaly(why));
                     self.desync(out);
                 }
             }
@@ -705,7 +725,7 @@ impl Conn {
         id: RequestId,
         head: RequestHead,
         max_pending: usize,
-        out: &mut Vec<Observation>,
+        out: &mut dyn Observer,
     ) {
         let RequestHead {
             request,
@@ -716,22 +736,23 @@ impl Conn {
         } = head;
         let seq = self.requests_seen;
         self.requests_seen += 1;
-        out.push(Observation::Started(Started {
+        let started = Observation::Started(Started {
             id,
             at: self.who.at.clone(),
-            request: request.clone(),
+            request,
             start_ns,
             tid,
             seq,
-        }));
+        });
+        out.observe(&started);
         if bad_traceparent {
-            out.push(Observation::Anomaly(Anomaly::BadTraceparent));
+            out.observe(&Observation::Anomaly(Anomaly::BadTraceparent));
         }
         if cut {
-            out.push(Observation::Anomaly(Anomaly::Gap));
+            out.observe(&Observation::Anomaly(Anomaly::Gap));
         }
         if self.pending.len() >= max_pending {
-            out.push(Observation::Abandoned {
+            out.observe(&Observation::Abandoned {
                 id,
                 at: self.who.at.clone(),
                 reason: AbandonReason::QueueFull,
@@ -748,18 +769,20 @@ impl Conn {
         } else if self.aligned {
             self.pipelined = true;
         }
-        self.pending.push_back(Pending {
-            id,
-            answering: Answering::of(&request.method),
-            request,
-            start_ns,
-            tid,
-            seq,
-            verified: self.aligned,
-            // The framing of a cut head is unknown, its body too.
-            body_bytes: cut.then_some(0),
-            status: None,
-        });
+        if let Observation::Started(Started { request, .. }) = started {
+            self.pending.push_back(Pending {
+                id,
+                answering: Answering::of(&request.method),
+                request,
+                start_ns,
+                tid,
+                seq,
+                verified: self.aligned,
+                // The framing of a cut head is unknown, its body too.
+                body_bytes: cut.then_some(0),
+                status: None,
+            });
+        }
         if cut {
             self.aligned = false;
         }
@@ -773,7 +796,7 @@ impl Conn {
         }
     }
 
-    fn on_response(&mut self, status: u16, tunnel: bool, out: &mut Vec<Observation>) {
+    fn on_response(&mut self, status: u16, tunnel: bool, out: &mut dyn Observer) {
         if tunnel {
             self.tunnel = true;
             self.streams().0.tunnel();
@@ -783,9 +806,9 @@ impl Conn {
             return;
         }
         match self.pending.front_mut() {
-            Some(p) if p.verified => p.status = Some(status),
+            Some(p) if p.verified => p.status = NonZeroU16::new(status),
             Some(_) => self.desync(out),
-            None if self.aligned => out.push(Observation::Anomaly(Anomaly::UnpairedResponse)),
+            None if self.aligned => out.observe(&Observation::Anomaly(Anomaly::UnpairedResponse)),
             None => {}
         }
     }
@@ -796,7 +819,7 @@ impl Conn {
         end_ns: u64,
         response_body_bytes: u64,
         complete: bool,
-        out: &mut Vec<Observation>,
+        out: &mut dyn Observer,
     ) {
         // No status: the response was not paired (see `on_response`).
         let Some(status) = self.pending.front().and_then(|p| p.status) else {
@@ -807,11 +830,11 @@ impl Conn {
             let request_body_bytes = p
                 .body_bytes
                 .unwrap_or_else(|| self.streams().0.body_bytes());
-            out.push(Observation::Finished(Finished {
+            out.observe(&Observation::Finished(Finished {
                 id: p.id,
                 at: self.who.at.clone(),
                 request: p.request,
-                status,
+                status: status.get(),
                 start_ns: p.start_ns,
                 tid: p.tid,
                 seq: p.seq,
@@ -823,14 +846,14 @@ impl Conn {
         }
     }
 
-    fn desync(&mut self, out: &mut Vec<Observation>) {
+    fn desync(&mut self, out: &mut dyn Observer) {
         self.abandon_all(AbandonReason::Desync, out);
         self.aligned = false;
     }
 
-    fn abandon_all(&mut self, reason: AbandonReason, out: &mut Vec<Observation>) {
+    fn abandon_all(&mut self, reason: AbandonReason, out: &mut dyn Observer) {
         for p in self.pending.drain(..) {
-            out.push(Observation::Abandoned {
+            out.observe(&Observation::Abandoned {
                 id: p.id,
                 at: self.who.at.clone(),
                 reason,
@@ -840,10 +863,10 @@ impl Conn {
 
     /// The connection is gone: a response in progress ends where its last
     /// byte was seen; unanswered requests are abandoned for `reason`.
-    fn shut(&mut self, reason: AbandonReason, out: &mut Vec<Observation>) {
+    fn shut(&mut self, reason: AbandonReason, out: &mut dyn Observer) {
         let (requests, responses) = self.streams();
         if requests.in_head() || responses.in_head() {
-            out.push(Observation::Anomaly(Anomaly::BadHead));
+            out.observe(&Observation::Anomaly(Anomaly::BadHead));
         }
         if let Some(Output::End {
             body_bytes,
@@ -1025,7 +1048,7 @@ mod tests {
             path: "/users".into(),
             path_truncated: false,
             version: "1.1",
-            trace: Some(TraceParent {
+            trace: Some(Box::new(TraceParent {
                 trace_id: [
                     0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c,
                     0x80, 0x31, 0x9c,
@@ -1033,7 +1056,7 @@ mod tests {
                 parent_id: [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31],
                 flags: 1,
                 tracestate: Some("congo=t61rcWkgMzE".into()),
-            }),
+            })),
         };
         assert_eq!(
             out,

@@ -28,9 +28,11 @@ pub enum RoleHint {
     Client,
 }
 
-/// One socket read or write of an HTTP connection.
+/// One socket read or write of an HTTP connection. `decode` borrows the
+/// payload from the ring-buffer record (`Data<&[u8]>`): the hot path copies
+/// nothing. Events kept beyond their record (tests, recordings) own it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Data {
+pub struct Data<P = Bytes> {
     pub conn_id: u64,
     pub tgid: u32,
     pub tid: u32,
@@ -41,7 +43,7 @@ pub struct Data {
     /// Bytes the syscall moved.
     pub total_len: u32,
     /// The first bytes of them (all of them when `payload.len() == total_len`).
-    pub payload: Bytes,
+    pub payload: P,
 }
 
 /// A connection seen for the first time.
@@ -58,9 +60,10 @@ pub struct ConnOpen {
     pub comm: String,
 }
 
+/// A decoded record; `P` is how a data event holds its payload (see `Data`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    Data(Data),
+pub enum Event<P = Bytes> {
+    Data(Data<P>),
     Open(ConnOpen),
     Close {
         conn_id: u64,
@@ -106,8 +109,8 @@ fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
 }
 
-/// Decodes one ring-buffer record. `record` is copied only for the payload.
-pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+/// Decodes one ring-buffer record; a data event's payload stays in it.
+pub fn decode(record: &[u8]) -> Result<Event<&[u8]>, DecodeError> {
     let hdr: EventHeader = read(record)?;
     match hdr.kind {
         kind::DATA_IN | kind::DATA_OUT => {
@@ -132,7 +135,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
                     Direction::Out
                 },
                 total_len: ev.total_len,
-                payload: Bytes::copy_from_slice(&body[..said]),
+                payload: &body[..said],
             }))
         }
         kind::CONN_OPEN => {
@@ -237,7 +240,7 @@ mod tests {
             (d.conn_id, d.dir, d.ts_ns, d.total_len),
             (7, Direction::In, 99, 300)
         );
-        assert_eq!(&d.payload[..], b"GET / HTTP/1.1\r\n");
+        assert_eq!(d.payload, b"GET / HTTP/1.1\r\n");
     }
 
     #[test]

@@ -284,7 +284,17 @@ impl Parser {
     /// The next message boundary in `input`, or None once `input` is used up.
     /// Call it until it returns None. `answering` describes the request the
     /// next response head answers (ignored for requests).
+    #[inline]
     pub fn next(&mut self, input: &mut Input<'_>, answering: Answering) -> Option<Output> {
+        // Most calls end a read or write that ended a message: answered
+        // here, without the state machine's call.
+        if self.state == State::Idle && input.is_exhausted() {
+            return None;
+        }
+        self.step(input, answering)
+    }
+
+    fn step(&mut self, input: &mut Input<'_>, answering: Answering) -> Option<Output> {
         loop {
             let step = match self.state {
                 State::Idle => self.idle(input),
@@ -349,22 +359,26 @@ impl Parser {
             self.last_ns = input.ts_ns;
         }
         let rest = input.rest();
+        if self.head.is_empty() {
+            // The common case, a head within one read or write: found and
+            // parsed in one pass over its lines.
+            if let Some((n, parsed)) = scan_head(rest, self.kind) {
+                input.advance(n);
+                self.release_head();
+                return self.begin_head(input, parsed, answering);
+            }
+        }
         if let Some(n) = find_head_end(rest, &mut self.eol) {
             input.advance(n);
             self.eol = 0;
-            let parsed = if self.head.is_empty() {
-                parse_head(&rest[..n], self.kind)
-            } else if self.head.len() + n > MAX_HEAD {
+            let parsed = if self.head.len() + n > MAX_HEAD {
                 Err(Anomaly::HeadTooLarge)
             } else {
                 self.head.extend_from_slice(&rest[..n]);
                 parse_head(&self.head, self.kind)
             };
             self.release_head();
-            return match parsed.and_then(|(start, framing)| self.begin(start, framing, answering)) {
-                Ok(output) => Step::Emit(output),
-                Err(why) => Step::Emit(self.lose_sync(input, why)),
-            };
+            return self.begin_head(input, parsed, answering);
         }
         if self.head.len() + rest.len() > MAX_HEAD {
             return Step::Emit(self.lose_sync(input, Anomaly::HeadTooLarge));
@@ -389,6 +403,19 @@ impl Parser {
                 self.unsync(input);
                 Step::Emit(output)
             }
+            Err(why) => Step::Emit(self.lose_sync(input, why)),
+        }
+    }
+
+    /// Reports a head found whole, or loses sync if it is not valid.
+    fn begin_head(
+        &mut self,
+        input: &mut Input<'_>,
+        parsed: ParsedHead,
+        answering: Answering,
+    ) -> Step {
+        match parsed.and_then(|(start, framing)| self.begin(start, framing, answering)) {
+            Ok(output) => Step::Emit(output),
             Err(why) => Step::Emit(self.lose_sync(input, why)),
         }
     }
@@ -632,13 +659,13 @@ impl Chunked {
 
 /// Finds the end of a head (the LF of its empty line) in `bytes`; `eol`
 /// carries how earlier bytes ended across calls: 0 inside a line, 1 after
-/// LF, 2 after LF CR. Jumps from LF to LF: the scan of every head byte is
-/// the parser's hottest loop.
+/// LF, 2 after LF CR. Jumps from LF to LF. For heads spanning reads; one
+/// within a read is found by `scan_head`.
 fn find_head_end(bytes: &[u8], eol: &mut u8) -> Option<usize> {
     let mut i = 0;
     loop {
         if *eol == 0 {
-            i += bytes[i..].iter().position(|&b| b == b'\n')? + 1;
+            i += find_lf(&bytes[i..])? + 1;
             *eol = 1;
         }
         match (bytes.get(i)?, *eol) {
@@ -740,8 +767,12 @@ const TCHAR: [bool; 256] = {
     table
 };
 
-fn is_token(name: &[u8]) -> bool {
-    !name.is_empty() && name.iter().all(|&b| TCHAR[usize::from(b)])
+/// Length of the token `bytes` start with.
+fn token_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .position(|&b| !TCHAR[usize::from(b)])
+        .unwrap_or(bytes.len())
 }
 
 enum StartLine {
@@ -763,7 +794,7 @@ enum Coding {
     Other,
 }
 
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Framing {
     content_length: Option<u64>,
     transfer_encoding: Option<Coding>,
@@ -772,7 +803,7 @@ struct Framing {
 /// Splits off the first line (without its CR LF); None as rest when `bytes`
 /// holds no LF.
 fn split_line(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match bytes.iter().position(|&b| b == b'\n') {
+    match find_lf(bytes) {
         Some(i) => (strip_cr(&bytes[..i]), Some(&bytes[i + 1..])),
         None => (bytes, None),
     }
@@ -782,47 +813,146 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// Index of the first LF in `bytes`, a word at a time. Head lines are short:
+/// memchr's vector setup costs more than their scan.
+fn find_lf(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut rest = bytes;
+    let mut at = 0;
+    while let Some((word, tail)) = rest.split_first_chunk::<8>() {
+        // A zero byte of `w` is an LF. The lowest flag is exact (a borrow
+        // only ever flags bytes above a zero byte).
+        let w = u64::from_le_bytes(*word) ^ LFS;
+        let zeros = w.wrapping_sub(ONES) & !w & HIGHS;
+        if zeros != 0 {
+            return Some(at + zeros.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+        rest = tail;
+    }
+    rest.iter().position(|&b| b == b'\n').map(|i| at + i)
+}
+
+/// Length of the empty line `bytes` begin with (LF or CR LF), if they do.
+fn empty_line(bytes: &[u8]) -> Option<usize> {
+    match bytes {
+        [b'\n', ..] => Some(1),
+        [b'\r', b'\n', ..] => Some(2),
+        _ => None,
+    }
+}
+
+type ParsedHead = Result<(StartLine, Framing), Anomaly>;
+
 /// Parses a whole head, which ends with its empty line.
-fn parse_head(head: &[u8], kind: Option<Kind>) -> Result<(StartLine, Framing), Anomaly> {
-    let (first, mut rest) = split_line(head);
-    let is_response = first.starts_with(b"HTTP/");
-    let mut start = match (is_response, kind) {
-        (true, Some(Kind::Request)) | (false, Some(Kind::Response)) => {
-            return Err(Anomaly::BadHead)
-        }
-        (true, _) => StartLine::Response(status_line(first).ok_or(Anomaly::BadHead)?),
-        (false, _) => {
-            let line = request_line(first, true).ok_or(Anomaly::BadHead)?;
-            StartLine::Request(ParsedRequest {
-                request: line.request().ok_or(Anomaly::BadHead)?,
-                bad_traceparent: false,
-            })
-        }
-    };
-    // Only a request's trace context is of use: a response's is not even read.
-    let is_request = matches!(start, StartLine::Request(_));
-    let mut framing = Framing::default();
-    let mut trace = TraceHeaders::default();
-    while let Some(bytes) = rest {
-        let (line, next) = split_line(bytes);
-        if line.is_empty() {
-            break;
-        }
-        match field_line(line).ok_or(Anomaly::BadHead)? {
-            FieldLine::Fold => trace.fold(),
-            FieldLine::Field(field, value) => {
-                framing.read(field, value)?;
-                if is_request {
-                    trace.read(field, value);
-                }
+fn parse_head(head: &[u8], kind: Option<Kind>) -> ParsedHead {
+    // The first empty line is the last line: the scan ends there.
+    scan_head(head, kind).map_or(Err(Anomaly::BadHead), |(_, parsed)| parsed)
+}
+
+/// Finds the end of the head `bytes` begin with (the LF of its first empty
+/// line but the first line, as `find_head_end` from a head's start) and
+/// parses the head in the same pass: its length and what it holds. None
+/// when the bytes hold no end.
+fn scan_head(bytes: &[u8], kind: Option<Kind>) -> Option<(usize, ParsedHead)> {
+    let mut head = HeadLines::new(kind);
+    let mut parsed = Ok(());
+    let mut at = 0;
+    loop {
+        let rest = &bytes[at..];
+        if at > 0 {
+            if let Some(n) = empty_line(rest) {
+                return Some((at + n, parsed.and_then(|()| head.finish())));
             }
         }
-        rest = next;
+        at += match parsed {
+            Ok(()) => {
+                let (n, line) = head.line(rest)?;
+                parsed = line;
+                n
+            }
+            // After an error only the end is looked for.
+            Err(_) => find_lf(rest)? + 1,
+        };
     }
-    if let StartLine::Request(parsed) = &mut start {
-        parsed.bad_traceparent = trace.attach(&mut parsed.request);
+}
+
+/// A head, fed line by line (without CR LF) up to its empty line.
+struct HeadLines<'a> {
+    kind: Option<Kind>,
+    start: Option<StartLine>,
+    framing: Framing,
+    trace: TraceHeaders<'a>,
+}
+
+impl<'a> HeadLines<'a> {
+    fn new(kind: Option<Kind>) -> Self {
+        HeadLines {
+            kind,
+            start: None,
+            framing: Framing::default(),
+            trace: TraceHeaders::default(),
+        }
     }
-    Ok((start, framing))
+
+    /// Parses the line `bytes` begin with: the length of the line with its
+    /// LF, and whether it is valid. None when it has no LF.
+    fn line(&mut self, bytes: &'a [u8]) -> Option<(usize, Result<(), Anomaly>)> {
+        let Some(start) = &self.start else {
+            let (line, rest) = split_line(bytes);
+            let len = bytes.len() - rest?.len();
+            let parsed = start_line(line, self.kind).map(|start| self.start = Some(start));
+            return Some((len, parsed));
+        };
+        let (len, line) = field_line(bytes)?;
+        let parsed = match line {
+            Some(FieldLine::Fold) => {
+                self.trace.fold();
+                Ok(())
+            }
+            Some(FieldLine::Field(field, value)) => {
+                let framing = self.framing.read(field, value);
+                // Only a request's trace context is of use: a response's is
+                // not even read.
+                if framing.is_ok() && matches!(start, StartLine::Request(_)) {
+                    self.trace.read(field, value);
+                }
+                framing
+            }
+            None => Err(Anomaly::BadHead),
+        };
+        Some((len, parsed))
+    }
+
+    /// What the head holds, once its empty line was reached. By reference:
+    /// moving the whole of `self` costs a memcpy call per head.
+    fn finish(&mut self) -> ParsedHead {
+        let mut start = self.start.take().ok_or(Anomaly::BadHead)?;
+        if let StartLine::Request(parsed) = &mut start {
+            parsed.bad_traceparent = self.trace.attach(&mut parsed.request);
+        }
+        Ok((start, self.framing))
+    }
+}
+
+/// A request or status line, as `kind` allows.
+fn start_line(line: &[u8], kind: Option<Kind>) -> Result<StartLine, Anomaly> {
+    let is_response = line.starts_with(b"HTTP/");
+    match (is_response, kind) {
+        (true, Some(Kind::Request)) | (false, Some(Kind::Response)) => Err(Anomaly::BadHead),
+        (true, _) => Ok(StartLine::Response(
+            status_line(line).ok_or(Anomaly::BadHead)?,
+        )),
+        (false, _) => {
+            let line = request_line(line, true).ok_or(Anomaly::BadHead)?;
+            Ok(StartLine::Request(ParsedRequest {
+                request: line.request().ok_or(Anomaly::BadHead)?,
+                bad_traceparent: false,
+            }))
+        }
+    }
 }
 
 /// `HTTP/1.x SP 3DIGIT [SP reason]`; the status if valid.
@@ -860,18 +990,38 @@ enum Field {
 }
 
 impl Field {
-    /// At most one comparison per field line: the lengths of these names
-    /// differ.
+    const NAMES: [(&'static [u8], Field); 4] = [
+        (b"tracestate", Field::Tracestate),
+        (b"traceparent", Field::Traceparent),
+        (b"content-length", Field::ContentLength),
+        (b"transfer-encoding", Field::TransferEncoding),
+    ];
+
+    /// The field `name` (a token) is. At most one comparison per field
+    /// line: the lengths of these names differ.
     fn of(name: &[u8]) -> Option<Field> {
-        let (known, field): (&[u8], _) = match name.len() {
-            10 => (b"tracestate", Field::Tracestate),
-            11 => (b"traceparent", Field::Traceparent),
-            14 => (b"content-length", Field::ContentLength),
-            17 => (b"transfer-encoding", Field::TransferEncoding),
+        let (known, field) = match name.len() {
+            10 => Self::NAMES[0],
+            11 => Self::NAMES[1],
+            14 => Self::NAMES[2],
+            17 => Self::NAMES[3],
             _ => return None,
         };
-        name.eq_ignore_ascii_case(known).then_some(field)
+        token_eq_lower(name, known).then_some(field)
     }
+}
+
+/// Whether `token` is `lower` (lower-case letters and `-`) but for case.
+/// Setting bit 0x20 lower-cases a letter and makes no other tchar a letter
+/// or `-`, so one OR per byte is exact; without an early exit the loop
+/// vectorizes.
+fn token_eq_lower(token: &[u8], lower: &[u8]) -> bool {
+    token.len() == lower.len()
+        && token
+            .iter()
+            .zip(lower)
+            .fold(0, |diff, (&t, &l)| diff | ((t | 0x20) ^ l))
+            == 0
 }
 
 enum FieldLine<'a> {
@@ -881,14 +1031,26 @@ enum FieldLine<'a> {
     Field(Option<Field>, &'a [u8]),
 }
 
-/// A non-empty line of a head's field section; None when malformed.
-fn field_line(line: &[u8]) -> Option<FieldLine<'_>> {
-    if line[0] == b' ' || line[0] == b'\t' {
-        return Some(FieldLine::Fold);
+/// The field line `bytes` begin with (not an empty line): the length of the
+/// line with its LF, and what it is (None when malformed). None when it has
+/// no LF.
+fn field_line(bytes: &[u8]) -> Option<(usize, Option<FieldLine<'_>>)> {
+    if matches!(bytes.first(), Some(b' ' | b'\t')) {
+        return Some((find_lf(bytes)? + 1, Some(FieldLine::Fold)));
     }
-    let colon = line.iter().position(|&b| b == b':')?;
-    let name = &line[..colon];
-    is_token(name).then(|| FieldLine::Field(Field::of(name), &line[colon + 1..]))
+    // The name is checked in the pass that finds the colon (not a tchar),
+    // and the LF is looked for after it.
+    let colon = token_len(bytes);
+    if colon == 0 || bytes.get(colon) != Some(&b':') {
+        return Some((colon + find_lf(&bytes[colon..])? + 1, None));
+    }
+    let value_at = colon + 1;
+    let lf = value_at + find_lf(&bytes[value_at..])?;
+    let field = Field::of(&bytes[..colon]);
+    Some((
+        lf + 1,
+        Some(FieldLine::Field(field, strip_cr(&bytes[value_at..lf]))),
+    ))
 }
 
 impl Framing {
@@ -946,8 +1108,8 @@ impl RequestLine<'_> {
     fn request(&self) -> Option<Request> {
         let (path, cut) = path_of(self.target, self.target_complete)?;
         Some(Request {
-            method: String::from_utf8_lossy(self.method).into_owned(),
-            path: String::from_utf8_lossy(&path[..path.len().min(MAX_PATH)]).into_owned(),
+            method: lossy_string(self.method),
+            path: lossy_string(&path[..path.len().min(MAX_PATH)]),
             path_truncated: cut || path.len() > MAX_PATH,
             // A cut line without its version: HTTP/1.1 is what is spoken.
             version: self.version.unwrap_or("1.1"),
@@ -956,15 +1118,25 @@ impl RequestLine<'_> {
     }
 }
 
+/// `bytes` as text, invalid UTF-8 (raw bytes sloppy clients send) replaced.
+/// Checks the common case, ASCII, a word at a time.
+fn lossy_string(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// `method SP target SP HTTP/1.x`. With `complete` false the line is a
 /// prefix (cut by the kernel) and may stop anywhere after the method.
 fn request_line(line: &[u8], complete: bool) -> Option<RequestLine<'_>> {
-    let sp = line.iter().position(|&b| b == b' ')?;
+    // A method is short: no need for memchr's setup.
+    let sp = line.iter().take(MAX_METHOD + 1).position(|&b| b == b' ')?;
     let (method, rest) = (&line[..sp], &line[sp + 1..]);
     if !is_method(method) {
         return None;
     }
-    let (target, after_target) = match rest.iter().position(|&b| b == b' ') {
+    let (target, after_target) = match memchr::memchr(b' ', rest) {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None if complete => return None,
         None => (rest, None),
@@ -992,7 +1164,7 @@ fn request_line(line: &[u8], complete: bool) -> Option<RequestLine<'_>> {
 /// reaches the path. Errors: `BadHead` for a whole but invalid request line,
 /// `Gap` when too little was captured.
 fn cut_request(head: &[u8]) -> Result<ParsedRequest, Anomaly> {
-    let (line, mut rest) = split_line(head);
+    let (line, rest) = split_line(head);
     let complete = rest.is_some();
     let line = if complete { line } else { strip_cr(line) };
     let mut request = match request_line(line, complete).map(|l| l.request()) {
@@ -1004,17 +1176,18 @@ fn cut_request(head: &[u8]) -> Result<ParsedRequest, Anomaly> {
     // `traceparent` in the lost part goes unseen); a malformed one ends what
     // can be trusted.
     let mut trace = TraceHeaders::default();
-    while let Some(bytes) = rest {
-        let (line, next) = split_line(bytes);
-        if next.is_none() || line.is_empty() {
-            break;
+    let mut rest = rest.unwrap_or_default();
+    while empty_line(rest).is_none() {
+        match field_line(rest) {
+            Some((len, Some(line))) => {
+                match line {
+                    FieldLine::Fold => trace.fold(),
+                    FieldLine::Field(field, value) => trace.read(field, value),
+                }
+                rest = &rest[len..];
+            }
+            _ => break,
         }
-        match field_line(line) {
-            Some(FieldLine::Fold) => trace.fold(),
-            Some(FieldLine::Field(field, value)) => trace.read(field, value),
-            None => break,
-        }
-        rest = next;
     }
     Ok(ParsedRequest {
         bad_traceparent: trace.attach(&mut request),
@@ -1034,7 +1207,7 @@ fn path_of(target: &[u8], complete: bool) -> Option<(&[u8], bool)> {
             None => return None,
         },
     };
-    let end = path.iter().position(|&b| b == b'?' || b == b'#');
+    let end = memchr::memchr2(b'?', b'#', path);
     let truncated = end.is_none() && !complete;
     let path = &path[..end.unwrap_or(path.len())];
     Some((if path.is_empty() { b"/" } else { path }, truncated))
@@ -1872,14 +2045,76 @@ mod tests {
     }
 
     #[test]
+    fn lf_is_found_a_word_at_a_time() {
+        for len in 0..40 {
+            let mut bytes = vec![b'x'; len];
+            assert_eq!(find_lf(&bytes), None, "{len}");
+            for at in 0..len {
+                bytes[at] = b'\n';
+                // Bytes just below LF, which borrows could turn into false hits.
+                if at + 1 < len {
+                    bytes[at + 1] = b'\x0b';
+                }
+                assert_eq!(find_lf(&bytes), Some(at), "{len} {at}");
+                assert_eq!(find_lf(&bytes[at + 1..]), None, "{len} {at}");
+                bytes[at] = b'\t';
+            }
+        }
+    }
+
+    #[test]
+    fn one_pass_scan_ends_heads_where_find_head_end_does() {
+        // Every string of up to 8 bytes over an alphabet that matters.
+        let alphabet = [b'\n', b'\r', b'x'];
+        for len in 0..=8u32 {
+            for n in 0..3usize.pow(len) {
+                let bytes: Vec<u8> = (0..len).map(|k| alphabet[n / 3usize.pow(k) % 3]).collect();
+                let want = find_head_end(&bytes, &mut 0);
+                let got = scan_head(&bytes, None).map(|(end, _)| end);
+                assert_eq!(got, want, "{bytes:?}");
+            }
+        }
+        // What it parses is what the head holds, whatever follows it.
+        let head = b"POST /a?q=secret HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let (end, parsed) = scan_head(head, Some(Kind::Request)).unwrap();
+        assert_eq!(end, head.len() - 5);
+        let Ok((StartLine::Request(parsed), framing)) = parsed else {
+            panic!("not a request")
+        };
+        assert_eq!(parsed.request.path, "/a");
+        assert_eq!(framing.content_length, Some(5));
+        // An invalid line before the end: the end is still found.
+        let bad = b"GET / HTTP/1.1\r\nno colon\r\n\r\nGET";
+        let (end, parsed) = scan_head(bad, None).unwrap();
+        assert_eq!((end, parsed.err()), (bad.len() - 3, Some(Anomaly::BadHead)));
+    }
+
+    #[test]
+    fn field_names_match_ignoring_case() {
+        for (known, _) in Field::NAMES {
+            for &l in known {
+                for t in (0..=255u8).filter(|&t| token_len(&[t]) == 1) {
+                    let want = t.eq_ignore_ascii_case(&l);
+                    assert_eq!(token_eq_lower(&[t], &[l]), want, "{t:#x} {l:#x}");
+                }
+            }
+            let upper = known.to_ascii_uppercase();
+            assert_eq!(Field::of(&upper), Field::of(known));
+            assert!(Field::of(known).is_some());
+        }
+        assert_eq!(Field::of(b"Connection"), None);
+        assert_eq!(Field::of(b"Content-Lengtx"), None);
+    }
+
+    #[test]
     fn tokens() {
         for b in 0..=255u8 {
             let want = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-            assert_eq!(is_token(&[b]), want, "{b:#x}");
+            assert_eq!(token_len(&[b]), usize::from(want), "{b:#x}");
         }
-        assert!(!is_token(b""));
-        assert!(is_token(b"Content-Length"));
-        assert!(!is_token(b"Content Length"));
+        assert_eq!(token_len(b""), 0);
+        assert_eq!(token_len(b"Content-Length: 1"), 14);
+        assert_eq!(token_len(b"Content Length"), 7);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! Observations arrive at 100k+/s, so label values are resolved to small ids
 //! (`route::Namer`) and metric children are cached per id tuple: once warm,
 //! the hot path is a few hash lookups and no allocation.
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use foldhash::{HashMap, HashMapExt};
 
 use probe_common::counter;
 use prometheus::{
@@ -35,18 +37,44 @@ pub const BODY_SIZE_BUCKETS: [f64; 12] = [
     16777216.0,
 ];
 
-/// Methods OpenTelemetry names as themselves; any other is [`OTHER_METHOD`].
-const KNOWN_METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
 pub const OTHER_METHOD: &str = "_OTHER";
+/// Values of `http_request_method`: the methods OpenTelemetry names as
+/// themselves, then [`OTHER_METHOD`] for any other.
+const METHOD_LABELS: [&str; 10] = [
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    OTHER_METHOD,
+];
+
+/// A method's label as its index in `METHOD_LABELS`: keys compare and hash
+/// a number, not text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct MethodLabel(u8);
+
+impl MethodLabel {
+    fn of(method: &str) -> Self {
+        let known = METHOD_LABELS.len() - 1;
+        let index = METHOD_LABELS[..known]
+            .iter()
+            .position(|&m| m == method)
+            .unwrap_or(known);
+        MethodLabel(index as u8)
+    }
+
+    fn label(self) -> &'static str {
+        METHOD_LABELS[usize::from(self.0)]
+    }
+}
 
 pub(crate) fn method_label(method: &str) -> &'static str {
-    KNOWN_METHODS
-        .iter()
-        .find(|&&m| m == method)
-        .copied()
-        .unwrap_or(OTHER_METHOD)
+    MethodLabel::of(method).label()
 }
 
 const SERVER_LABELS: [&str; 3] = ["service_name", "http_request_method", "http_route"];
@@ -149,11 +177,23 @@ impl Target {
 }
 
 /// Labels of the active-request gauges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ActiveKey {
     service: ServiceId,
-    method: &'static str,
+    method: MethodLabel,
     target: Target,
+}
+
+/// One word: the service and target ids. Method and side are left out;
+/// keys differing only there are few, and `Eq` tells them apart.
+impl Hash for ActiveKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let target = match self.target {
+            Target::Route(r) => r.index(),
+            Target::Peer(p) => p.index(),
+        };
+        state.write_u64(u64::from(self.service.index()) << 32 | u64::from(target));
+    }
 }
 
 impl ActiveKey {
@@ -163,11 +203,46 @@ impl ActiveKey {
 }
 
 /// Labels of the per-exchange histograms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ExchangeKey {
     active: ActiveKey,
     status: u16,
-    version: &'static str,
+    version: VersionLabel,
+}
+
+/// `network_protocol_version`: the two versions there are compare as tags,
+/// not text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VersionLabel {
+    Http10,
+    Http11,
+    Other(&'static str),
+}
+
+impl VersionLabel {
+    fn of(version: &'static str) -> Self {
+        match version {
+            "1.0" => VersionLabel::Http10,
+            "1.1" => VersionLabel::Http11,
+            other => VersionLabel::Other(other),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            VersionLabel::Http10 => "1.0",
+            VersionLabel::Http11 => "1.1",
+            VersionLabel::Other(other) => other,
+        }
+    }
+}
+
+/// As for `ActiveKey`: the version, nearly always the same, is left out.
+impl Hash for ExchangeKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.active.hash(state);
+        self.status.hash(state);
+    }
 }
 
 /// The metric families of one side (`http_server_*` or `http_client_*`).
@@ -323,7 +398,7 @@ impl Aggregator {
                 let key = ExchangeKey {
                     active: key,
                     status: f.status,
-                    version: f.request.version,
+                    version: VersionLabel::of(f.request.version),
                 };
                 self.exchange_series(key).observe(f);
                 if !f.complete {
@@ -341,7 +416,7 @@ impl Aggregator {
     }
 
     fn active_key(&mut self, at: &Endpoint, request: &Request, names: &mut Names) -> ActiveKey {
-        let service = self.namer.service(names.service_name(at.tgid));
+        let service = names.service_id(at.tgid, &mut self.namer);
         let target = match at.side {
             Side::Server => Target::Route(self.namer.route(
                 service,
@@ -352,7 +427,7 @@ impl Aggregator {
         };
         ActiveKey {
             service,
-            method: method_label(&request.method),
+            method: MethodLabel::of(&request.method),
             target,
         }
     }
@@ -386,7 +461,8 @@ impl Aggregator {
         if let Some(kind) = key.active.target.overflow() {
             self.series_dropped.with_label_values(&[kind]).inc();
         }
-        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+        // Cheap test first: the lookup is needed only once the budget is spent.
+        if self.series.len() >= self.max_series && !self.series.contains_key(&key) {
             self.series_dropped.with_label_values(&[DROP_SERIES]).inc();
             key.active.service = ServiceId::OVERFLOW;
             key.active.target = key.active.target.to_overflow();
@@ -400,7 +476,7 @@ impl Aggregator {
         } = self;
         series.entry(key).or_insert_with(|| {
             let mut labels = active_labels(namer, key.active);
-            labels.extend([key.status.to_string(), key.version.to_owned()]);
+            labels.extend([key.status.to_string(), key.version.label().to_owned()]);
             let family = if key.active.server_side() {
                 &*server
             } else {
@@ -419,7 +495,7 @@ impl Aggregator {
 fn active_labels(namer: &Namer, key: ActiveKey) -> Vec<String> {
     let mut labels = vec![
         namer.service_label(key.service).to_owned(),
-        key.method.to_owned(),
+        key.method.label().to_owned(),
     ];
     match key.target {
         Target::Route(r) => labels.push(namer.route_label(key.service, r).to_owned()),

@@ -17,7 +17,7 @@ use regex::Regex;
 
 use crate::{
     clock::monotonic_ns,
-    conn::{Tracker, TrackerConfig},
+    conn::{Observer, Tracker, TrackerConfig},
     event::{self, Event},
     exchange::Observation,
     loader::Probe,
@@ -49,7 +49,6 @@ pub struct Pipeline {
     /// `--exe`: processes that exec a matching image are added to the filter.
     exe: Option<Regex>,
     proc: ProcFs,
-    scratch: Vec<Observation>,
     /// Present when traces are exported.
     tracing: Option<Tracing>,
 }
@@ -105,7 +104,6 @@ impl Pipeline {
             own,
             exe,
             proc,
-            scratch: Vec::with_capacity(16),
             tracing,
         }
     }
@@ -118,7 +116,7 @@ impl Pipeline {
         }
     }
 
-    pub fn on_event(&mut self, ev: &Event, filter: &mut dyn PidFilter) {
+    pub fn on_event<P: AsRef<[u8]>>(&mut self, ev: &Event<P>, filter: &mut dyn PidFilter) {
         match ev {
             Event::Open(open) => self.names.on_conn_open(open),
             Event::ProcessExec { tgid } => {
@@ -132,8 +130,15 @@ impl Pipeline {
             }
             _ => {}
         }
-        self.tracker.handle(ev, &mut self.scratch);
-        self.flush();
+        let Self {
+            tracker,
+            aggregator,
+            names,
+            tracing,
+            ..
+        } = self;
+        tracker.handle(ev, &mut Stages::new(aggregator, names, tracing));
+        self.send_spans();
         if let Event::ProcessExit { tgid } = ev {
             // After the tracker's last observations for it were named.
             self.names.forget(*tgid);
@@ -142,8 +147,15 @@ impl Pipeline {
 
     /// Periodic housekeeping; `now_ns` on the kernel's clock (CLOCK_MONOTONIC).
     pub fn tick(&mut self, now_ns: u64) {
-        self.tracker.expire(now_ns, &mut self.scratch);
-        self.flush();
+        let Self {
+            tracker,
+            aggregator,
+            names,
+            tracing,
+            ..
+        } = self;
+        tracker.expire(now_ns, &mut Stages::new(aggregator, names, tracing));
+        self.send_spans();
         self.own.set_connections_tracked(self.tracker.len());
         if let Some(t) = &mut self.tracing {
             t.assembler.flush_due(now_ns, &mut t.spans);
@@ -159,22 +171,39 @@ impl Pipeline {
         }
     }
 
-    fn flush(&mut self) {
-        let Self {
-            scratch,
+    fn send_spans(&mut self) {
+        if let Some(t) = &mut self.tracing {
+            t.send();
+        }
+    }
+}
+
+/// The stages after the tracker, handed each observation as it is made.
+struct Stages<'a> {
+    aggregator: &'a mut Aggregator,
+    names: &'a mut Names,
+    tracing: Option<&'a mut Tracing>,
+}
+
+impl<'a> Stages<'a> {
+    fn new(
+        aggregator: &'a mut Aggregator,
+        names: &'a mut Names,
+        tracing: &'a mut Option<Tracing>,
+    ) -> Self {
+        Stages {
             aggregator,
             names,
-            tracing,
-            ..
-        } = self;
-        for obs in scratch.drain(..) {
-            aggregator.observe(&obs, names);
-            if let Some(t) = tracing.as_mut() {
-                t.assembler.observe(&obs, names, &mut t.spans);
-            }
+            tracing: tracing.as_mut(),
         }
-        if let Some(t) = tracing.as_mut() {
-            t.send();
+    }
+}
+
+impl Observer for Stages<'_> {
+    fn observe(&mut self, observation: &Observation) {
+        self.aggregator.observe(observation, self.names);
+        if let Some(t) = &mut self.tracing {
+            t.assembler.observe(observation, self.names, &mut t.spans);
         }
     }
 }

@@ -3,15 +3,16 @@
 //!
 //! The /proc root is a parameter so tests run on a fake tree, and so a
 //! containerised sonde can read the host's /proc mounted elsewhere.
-use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use foldhash::{HashMap, HashMapExt, HashSet};
 use regex::Regex;
 
 use crate::event::ConnOpen;
+use crate::route::{Namer, ServiceId};
 
 /// Service name of a process whose program could not be found out.
 pub const UNKNOWN: &str = "unknown";
@@ -148,7 +149,15 @@ fn label_value(name: &str) -> Option<String> {
 pub struct Names {
     proc: ProcFs,
     capacity: usize,
-    by_tgid: HashMap<u32, String>,
+    by_tgid: HashMap<u32, Named>,
+}
+
+/// What is known of one process.
+struct Named {
+    name: String,
+    /// The id aggregation's `Namer` gave `name`, once asked: admission is
+    /// permanent, so it holds as long as the name does.
+    service: Option<ServiceId>,
 }
 
 impl Names {
@@ -166,42 +175,46 @@ impl Names {
     /// Names the process of a new connection while it surely runs, falling
     /// back to the task's `comm` when /proc has no answer.
     pub fn on_conn_open(&mut self, open: &ConnOpen) {
-        if !self.by_tgid.contains_key(&open.tgid) {
-            let name = self
-                .proc
-                .exe_name(open.tgid)
-                .or_else(|| label_value(&open.comm))
-                .unwrap_or_else(|| UNKNOWN.to_owned());
-            self.remember(open.tgid, name);
-        }
+        self.named(open.tgid, || label_value(&open.comm));
     }
 
     /// The `service_name` of `tgid`: the basename of its program, else its
     /// `comm` as seen at a connection open, else [`UNKNOWN`].
     pub fn service_name(&mut self, tgid: u32) -> &str {
-        if !self.by_tgid.contains_key(&tgid) {
-            let name = self
-                .proc
-                .exe_name(tgid)
-                .unwrap_or_else(|| UNKNOWN.to_owned());
-            self.remember(tgid, name);
-        }
-        self.by_tgid.get(&tgid).map_or(UNKNOWN, String::as_str)
+        &self.named(tgid, || None).name
+    }
+
+    /// The id `namer` gives the `service_name` of `tgid`, asked once per
+    /// process: aggregation needs it for every request.
+    pub fn service_id(&mut self, tgid: u32, namer: &mut Namer) -> ServiceId {
+        let named = self.named(tgid, || None);
+        *named
+            .service
+            .get_or_insert_with(|| namer.service(&named.name))
     }
 
     pub fn forget(&mut self, tgid: u32) {
         self.by_tgid.remove(&tgid);
     }
 
-    fn remember(&mut self, tgid: u32, name: String) {
-        if self.by_tgid.len() >= self.capacity {
+    /// The entry of `tgid`, made from /proc, else `fallback`, else
+    /// [`UNKNOWN`] if there is none. One lookup when there is.
+    fn named(&mut self, tgid: u32, fallback: impl FnOnce() -> Option<String>) -> &mut Named {
+        if self.by_tgid.len() >= self.capacity && !self.by_tgid.contains_key(&tgid) {
             // Exits are normally forgotten, so being full means exit events
             // were lost: any entry is as likely stale as another.
             if let Some(&victim) = self.by_tgid.keys().next() {
                 self.by_tgid.remove(&victim);
             }
         }
-        self.by_tgid.insert(tgid, name);
+        let proc = &self.proc;
+        self.by_tgid.entry(tgid).or_insert_with(|| Named {
+            name: proc
+                .exe_name(tgid)
+                .or_else(fallback)
+                .unwrap_or_else(|| UNKNOWN.to_owned()),
+            service: None,
+        })
     }
 }
 
@@ -212,6 +225,7 @@ mod tests {
 
     use super::*;
     use crate::event::RoleHint;
+    use crate::route::Limits;
 
     /// A fake /proc: `(tgid, exe link target, ppid)`.
     fn fake_proc(procs: &[(u32, Option<&str>, u32)]) -> tempfile::TempDir {
@@ -361,6 +375,62 @@ mod tests {
             assert!(names.by_tgid.len() <= 2);
         }
         assert!(names.by_tgid.contains_key(&103), "newest kept");
+    }
+
+    #[test]
+    fn service_ids_are_cached_and_forgotten_with_the_name() {
+        let dir = tree();
+        let mut names = Names::new(ProcFs::new(dir.path()), Names::DEFAULT_CAPACITY);
+        let mut namer = Namer::new(Limits::default());
+        let api = names.service_id(100, &mut namer);
+        assert_eq!(namer.service_label(api), "api-server");
+        relink(dir.path(), 100, "/usr/bin/other");
+        assert_eq!(names.service_id(100, &mut namer), api, "cached");
+        assert_eq!(names.service_name(100), "api-server");
+        let nginx = names.service_id(101, &mut namer);
+        assert_eq!(
+            names.service_id(102, &mut namer),
+            nginx,
+            "same name, same id"
+        );
+        assert_ne!(nginx, api);
+        names.forget(100);
+        let other = names.service_id(100, &mut namer);
+        assert_eq!(namer.service_label(other), "other");
+        assert_ne!(other, api);
+    }
+
+    #[test]
+    fn service_ids_leave_with_their_entry_when_full() {
+        let dir = tree();
+        let mut names = Names::new(ProcFs::new(dir.path()), 1);
+        let mut namer = Namer::new(Limits::default());
+        let api = names.service_id(100, &mut namer);
+        relink(dir.path(), 100, "/usr/bin/other");
+        names.service_id(101, &mut namer);
+        assert_eq!(names.by_tgid.len(), 1);
+        let again = names.service_id(100, &mut namer);
+        assert_eq!(
+            namer.service_label(again),
+            "other",
+            "evicted, looked up afresh"
+        );
+        assert_ne!(again, api);
+    }
+
+    #[test]
+    fn service_ids_over_budget_stay_overflow() {
+        let dir = tree();
+        let mut names = Names::new(ProcFs::new(dir.path()), Names::DEFAULT_CAPACITY);
+        let mut namer = Namer::new(Limits {
+            services: 1,
+            ..Limits::default()
+        });
+        assert!(!names.service_id(100, &mut namer).is_overflow());
+        for _ in 0..2 {
+            assert_eq!(names.service_id(103, &mut namer), ServiceId::OVERFLOW);
+        }
+        assert_eq!(names.service_name(103), "python3.12");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! the same one.
 use std::net::SocketAddr;
 
+use foldhash::fast::RandomState;
+use foldhash::HashMap;
 use indexmap::{IndexMap, IndexSet};
 
 /// Placeholder for an identifier-like path segment.
@@ -143,6 +145,11 @@ impl Default for Limits {
 pub struct ServiceId(u32);
 
 impl ServiceId {
+    /// The number behind the id, for hashing keys made of ids.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
     pub const OVERFLOW: ServiceId = ServiceId(0);
 
     pub fn is_overflow(self) -> bool {
@@ -155,6 +162,11 @@ impl ServiceId {
 pub struct RouteId(u32);
 
 impl RouteId {
+    /// The number behind the id, for hashing keys made of ids.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
     pub const OVERFLOW: RouteId = RouteId(u32::MAX);
 
     pub fn is_overflow(self) -> bool {
@@ -167,6 +179,11 @@ impl RouteId {
 pub struct PeerId(u32);
 
 impl PeerId {
+    /// The number behind the id, for hashing keys made of ids.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
     pub const OVERFLOW: PeerId = PeerId(u32::MAX);
 
     pub fn is_overflow(self) -> bool {
@@ -176,28 +193,41 @@ impl PeerId {
 
 #[derive(Default)]
 struct Service {
-    routes: IndexSet<String>,
-    peers: IndexSet<SocketAddr>,
+    routes: IndexSet<String, RandomState>,
+    peers: IndexSet<SocketAddr, RandomState>,
+    /// Routes of paths seen lately (see `Namer::route`).
+    paths: HashMap<Box<str>, RouteId>,
 }
+
+/// Paths whose routes `Namer` remembers, all services together. Naming a
+/// path (`http_route`, then the lookup of its route) costs several times a
+/// lookup of the path, and most traffic repeats a few paths.
+const CACHED_PATHS: usize = 4096;
+/// Longer paths are named each time: with `CACHED_PATHS`, the remembered
+/// paths hold at most 1 MiB.
+const CACHED_PATH_MAX_LEN: usize = 256;
 
 /// Turns service names, paths and peers into small ids within the budgets;
 /// the ids key aggregation's caches and give back their label values.
 pub struct Namer {
     limits: Limits,
     /// Index 0 is the overflow service.
-    services: IndexMap<Box<str>, Service>,
+    services: IndexMap<Box<str>, Service, RandomState>,
     /// Reused for every route so the hot path does not allocate.
     scratch: String,
+    /// Entries in the services' `paths`, at most `CACHED_PATHS`.
+    cached_paths: usize,
 }
 
 impl Namer {
     pub fn new(limits: Limits) -> Self {
-        let mut services = IndexMap::new();
+        let mut services = IndexMap::default();
         services.insert(OVERFLOW.into(), Service::default());
         Namer {
             limits,
             services,
             scratch: String::new(),
+            cached_paths: 0,
         }
     }
 
@@ -213,18 +243,38 @@ impl Namer {
         ServiceId(i as u32)
     }
 
-    /// The route of `path` for `service`; see [`http_route`].
+    /// The route of `path` for `service`; see [`http_route`]. A whole path
+    /// seen lately is looked up rather than named again: admission is
+    /// permanent, so the id it got then is the id it would get now.
     pub fn route(&mut self, service: ServiceId, path: &str, path_truncated: bool) -> RouteId {
-        http_route(path, path_truncated, &mut self.scratch);
+        let cacheable = !path_truncated && path.len() <= CACHED_PATH_MAX_LEN;
+        if cacheable && self.cached_paths >= CACHED_PATHS {
+            // New maps, not cleared ones: their tables would stay allocated.
+            for (_, s) in &mut self.services {
+                s.paths = HashMap::default();
+            }
+            self.cached_paths = 0;
+        }
         let Some((_, s)) = self.services.get_index_mut(service.0 as usize) else {
             return RouteId::OVERFLOW;
         };
-        admit(
+        if cacheable {
+            if let Some(&route) = s.paths.get(path) {
+                return route;
+            }
+        }
+        http_route(path, path_truncated, &mut self.scratch);
+        let route = admit(
             &mut s.routes,
             self.scratch.as_str(),
             self.limits.routes_per_service,
         )
-        .map_or(RouteId::OVERFLOW, RouteId)
+        .map_or(RouteId::OVERFLOW, RouteId);
+        if cacheable {
+            s.paths.insert(path.into(), route);
+            self.cached_paths += 1;
+        }
+        route
     }
 
     pub fn peer(&mut self, service: ServiceId, peer: SocketAddr) -> PeerId {
@@ -261,7 +311,7 @@ impl Namer {
 }
 
 /// Index of `value` in `set`, inserting it while the set has room.
-fn admit<T, Q>(set: &mut IndexSet<T>, value: &Q, limit: usize) -> Option<u32>
+fn admit<T, Q>(set: &mut IndexSet<T, RandomState>, value: &Q, limit: usize) -> Option<u32>
 where
     T: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
     Q: std::hash::Hash + Eq + ToOwned<Owned = T> + ?Sized,
@@ -391,6 +441,52 @@ mod tests {
         let c = n.route(web, "/c", false);
         assert!(!c.is_overflow());
         assert_eq!(n.route_label(web, c), "/c");
+    }
+
+    #[test]
+    fn remembered_paths_name_as_fresh_ones_do() {
+        let paths = ["/a/1", "/b", "/a/2", "/c", "/d", "/a/1", "/c", "/b"];
+        let mut cached = Namer::new(limits(10, 3, 10));
+        let s = cached.service("api");
+        for round in 0..2 {
+            for (i, path) in paths.iter().enumerate() {
+                // A namer that never remembers, after the same history.
+                let mut fresh = Namer::new(limits(10, 3, 10));
+                let f = fresh.service("api");
+                for earlier in paths.iter().cycle().take(round * paths.len() + i) {
+                    fresh.route(f, earlier, false);
+                    fresh.services[1].paths.clear();
+                }
+                let (got, want) = (cached.route(s, path, false), fresh.route(f, path, false));
+                assert_eq!(got, want, "round {round}, {path}");
+                assert_eq!(cached.route_label(s, got), fresh.route_label(f, want));
+            }
+        }
+        assert_eq!(cached.cached_paths, 5, "distinct whole paths");
+        assert_eq!(
+            cached.route(s, "/d", false),
+            RouteId::OVERFLOW,
+            "over budget"
+        );
+        // Cut paths and long ones are named each time.
+        cached.route(s, "/b", true);
+        cached.route(s, &format!("/{}", "x".repeat(CACHED_PATH_MAX_LEN)), false);
+        assert_eq!(cached.cached_paths, 5);
+    }
+
+    #[test]
+    fn remembered_paths_are_bounded() {
+        let mut n = Namer::new(limits(10, 1000, 10));
+        let (a, b) = (n.service("a"), n.service("b"));
+        let first = n.route(a, "/first", false);
+        for i in 0..CACHED_PATHS {
+            n.route(if i % 2 == 0 { a } else { b }, &format!("/p{i}"), false);
+            assert!(n.cached_paths <= CACHED_PATHS);
+        }
+        let remembered: usize = n.services.values().map(|s| s.paths.len()).sum();
+        assert_eq!(remembered, n.cached_paths);
+        assert_eq!(remembered, 1, "all dropped when full, then one added");
+        assert_eq!(n.route(a, "/first", false), first, "named again alike");
     }
 
     #[test]

@@ -972,7 +972,7 @@ mod tests {
                 path: self.path.to_owned(),
                 path_truncated: self.path_truncated,
                 version: "1.1",
-                trace: self.trace.clone(),
+                trace: self.trace.clone().map(Box::new),
             }
         }
 

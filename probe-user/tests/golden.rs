@@ -223,7 +223,7 @@ fn request(r: &Request) -> String {
     } else {
         ""
     };
-    let trace = r.trace.as_ref().map(trace).unwrap_or_default();
+    let trace = r.trace.as_deref().map(trace).unwrap_or_default();
     format!("{} {} HTTP/{}{cut}{trace}", r.method, r.path, r.version)
 }
 

@@ -2,10 +2,11 @@
 //! where the socket layer moves it (`sock:sock_{recv,send}_length`), with
 //! the syscall's arguments taken from the caller's saved registers. These
 //! tests pin down the calls around that path: `sendfile` (no user buffer),
-//! `MSG_PEEK` (bytes seen twice by the socket layer, consumed once) and a
-//! call sonde cannot decode (`splice`), which must be counted, not guessed.
-use std::io::{BufReader, Write};
-use std::net::{Ipv4Addr, TcpStream};
+//! `MSG_PEEK` (bytes seen twice by the socket layer, consumed once), a call
+//! sonde cannot decode (`splice`), which must be counted, not guessed, and
+//! the end of a connection, seen as the socket's state change.
+use std::io::{BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -14,6 +15,24 @@ use sonde_tests::names::{self, *};
 use sonde_tests::process::exe_basename;
 use sonde_tests::servers::{self, Nginx};
 use sonde_tests::sonde::Sonde;
+
+/// A connection to a local port whose reads give up after 5 s.
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
+/// The client series of `service` calling `port` and answered 200.
+fn client_ok<'a>(service: &'a str, port: &'a str) -> [(&'static str, &'a str); 3] {
+    [
+        ("service_name", service),
+        ("server_port", port),
+        ("http_response_status_code", "200"),
+    ]
+}
 
 /// nginx sends static files with `sendfile`: the body never passes through
 /// a user buffer, yet its size is counted exactly, on both sides.
@@ -41,11 +60,7 @@ fn sendfile_bodies_are_counted_to_the_byte() {
         sonde.failure("server response bytes", &scrape)
     );
     let port = port.to_string();
-    let client = [
-        ("service_name", "curl"),
-        ("server_port", port.as_str()),
-        ("http_response_status_code", "200"),
-    ];
+    let client = client_ok("curl", &port);
     assert_eq!(
         scrape.value("http_client_response_body_size_bytes_sum", &client),
         Some(3.0 * SIZE as f64),
@@ -64,10 +79,7 @@ fn peeked_bytes_are_not_counted_twice() {
     let sonde = Sonde::watching_ports(&[server.port()]);
     let me = exe_basename(std::process::id());
 
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, server.port())).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut stream = connect(server.port());
     stream.write_all(&get_request("/fast")).unwrap();
     // Let the whole response arrive, so the peek sees all of it.
     std::thread::sleep(Duration::from_millis(300));
@@ -87,11 +99,7 @@ fn peeked_bytes_are_not_counted_twice() {
     assert_eq!(response.status, 200);
 
     let port = server.port().to_string();
-    let client = [
-        ("service_name", me.as_str()),
-        ("server_port", port.as_str()),
-        ("http_response_status_code", "200"),
-    ];
+    let client = client_ok(&me, &port);
     let scrape = sonde.await_value(CLIENT_DURATION_COUNT, &client, 1.0);
     assert_eq!(
         scrape.value("http_client_response_body_size_bytes_sum", &client),
@@ -117,10 +125,7 @@ fn spliced_writes_are_counted_as_unsupported() {
     let sonde = Sonde::watching_ports(&[server.port()]);
     let svc = server.service_name();
 
-    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, server.port())).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let stream = connect(server.port());
     let request = get_request("/fast");
     let mut pipe = [0; 2];
     // SAFETY: plain syscalls on fds this test owns; lengths are the buffer's.
@@ -158,6 +163,84 @@ fn spliced_writes_are_counted_as_unsupported() {
         0.0,
         "{}",
         sonde.failure("a request sonde did not see cannot be timed", &scrape)
+    );
+    sonde.stop();
+}
+
+/// A response framed by the end of the connection (HTTP/1.0, no length)
+/// ends when its server closes: the close comes from the socket's state
+/// change, not from a close(2) hook, and still times the response to it.
+#[test]
+fn close_delimited_response_ends_at_the_servers_close() {
+    const PAUSE: Duration = Duration::from_millis(300);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sonde = Sonde::watching_ports(&[port]);
+    let me = exe_basename(std::process::id());
+
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = conn.read(&mut request).unwrap();
+        conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part, ")
+            .unwrap();
+        std::thread::sleep(PAUSE);
+        conn.write_all(b"second part").unwrap();
+        // Dropping `conn` closes it: that ends the response.
+    });
+    let mut stream = connect(port);
+    stream.write_all(&get_request("/streamed")).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    server.join().unwrap();
+    assert!(response.ends_with(b"first part, second part"));
+    drop(stream);
+
+    let labels = names::server(&me, "GET", "/streamed", "200");
+    let scrape = sonde.await_value(SERVER_DURATION_COUNT, &labels, 1.0);
+    let seconds = scrape.value(SERVER_DURATION_SUM, &labels).unwrap();
+    assert!(
+        (PAUSE.as_secs_f64()..1.0).contains(&seconds),
+        "{}",
+        sonde.failure(&format!("server duration {seconds} s"), &scrape)
+    );
+    let port = port.to_string();
+    let client = client_ok(&me, &port);
+    let scrape = sonde.await_value(CLIENT_DURATION_COUNT, &client, 1.0);
+    assert_eq!(
+        scrape.value("http_client_response_body_size_bytes_sum", &client),
+        Some("first part, second part".len() as f64),
+        "{}",
+        sonde.failure("the client sized the body up to the close", &scrape)
+    );
+    sonde.stop();
+}
+
+/// A client that shuts its sending side after the request (a half-close)
+/// still reads the reply: the connection is not over, and the request is
+/// paired with its response.
+#[test]
+fn half_closed_client_still_gets_its_response_paired() {
+    let server = servers::python();
+    let sonde = Sonde::watching_ports(&[server.port()]);
+    let me = exe_basename(std::process::id());
+
+    let mut stream = connect(server.port());
+    stream.write_all(&get_request("/fast")).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    // Give the FIN time to change the socket's state before the reply.
+    std::thread::sleep(Duration::from_millis(200));
+    let response = read_response(&mut BufReader::new(&stream)).unwrap();
+    assert_eq!(response.status, 200);
+
+    let port = server.port().to_string();
+    let client = client_ok(&me, &port);
+    let scrape = sonde.await_value(CLIENT_DURATION_COUNT, &client, 1.0);
+    assert_eq!(
+        scrape.sum(HTTP_ANOMALIES, &[]),
+        0.0,
+        "{}",
+        sonde.failure("the reply belongs to the half-closed connection", &scrape)
     );
     sonde.stop();
 }

@@ -78,7 +78,7 @@ impl<'a> TraceHeaders<'a> {
                 if !self.tracestate_spoilt {
                     context.tracestate = tracestate(&self.tracestate);
                 }
-                request.trace = Some(context);
+                request.trace = Some(Box::new(context));
                 false
             }
             _ => true,
