@@ -137,8 +137,6 @@ pub const NGINX_STATUS_PATH: &str = "/nginx_status";
 /// How an [`Nginx`] is set up; the default is what the end-to-end tests use.
 #[derive(Clone, Debug)]
 pub struct NginxConfig {
-    /// The nginx executable; its file name is what sonde names the service.
-    pub program: PathBuf,
     pub workers: u32,
     /// Every worker runs on this CPU only (`worker_cpu_affinity`).
     pub worker_cpu: Option<u32>,
@@ -155,7 +153,6 @@ pub struct NginxConfig {
 impl Default for NginxConfig {
     fn default() -> Self {
         NginxConfig {
-            program: PathBuf::from("nginx"),
             workers: 1,
             worker_cpu: None,
             access_log: true,
@@ -240,7 +237,7 @@ impl Nginx {
             &config_path,
             config.render(&dir.path().display().to_string(), port),
         )?;
-        let child = Command::new(&config.program)
+        let child = Command::new("nginx")
             .arg("-p")
             .arg(dir.path())
             .arg("-e")
@@ -322,7 +319,6 @@ http {
 "#
         );
         let tuned = NginxConfig {
-            program: PathBuf::from("nginx"),
             workers: 2,
             worker_cpu: Some(1),
             access_log: false,

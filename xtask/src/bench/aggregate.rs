@@ -167,7 +167,6 @@ pub mod tests {
                     events_lost: 0.0,
                     spans_exported: 0.0,
                     spans_dropped: 0.0,
-                    other_requests: 0.0,
                 },
                 spans_received: None,
             }),

@@ -13,7 +13,7 @@ use sonde_tests::names::SERVER_DURATION_COUNT;
 use sonde_tests::process::TempDir;
 use sonde_tests::servers::NGINX_STATUS_PATH;
 
-use super::daemon::{Daemon, Mode};
+use super::daemon::Mode;
 use super::measure::{self, Bench, Checks, Violation};
 use super::procfs::{self, Memory};
 use super::stats::Spread;
@@ -50,12 +50,9 @@ pub fn run(
     let name = format!("cardinality {paths} paths {} s", duration.as_secs());
     eprintln!("bench: {name}");
     let cap = ROUTE_CAP.to_string();
-    let daemon = Daemon::start(
-        bench.sonde_bin,
-        Mode::Metrics,
-        &["--max-routes-per-service", &cap],
-    )?
-    .context("metrics mode runs sonde")?;
+    let daemon = bench
+        .start_sonde(Mode::Metrics, &["--max-routes-per-service", &cap])?
+        .context("metrics mode runs sonde")?;
     measure::pause(AFTER_START)?;
 
     let dir = TempDir::new("bench-cardinality")?;

@@ -124,10 +124,6 @@ pub struct Counters {
     pub events_lost: f64,
     pub spans_exported: f64,
     pub spans_dropped: f64,
-    /// Server requests of every other service: traffic on the machine that
-    /// is not the bench's (other tests or benchmarks), which also costs
-    /// sonde events, CPU and spans.
-    pub other_requests: f64,
 }
 
 impl Counters {
@@ -140,14 +136,6 @@ impl Counters {
             events_lost: scrape.sum(EVENTS_LOST, &[]),
             spans_exported: scrape.sum(SPANS_EXPORTED, &[]),
             spans_dropped: scrape.sum(SPANS_DROPPED, &[]),
-            other_requests: scrape
-                .samples()
-                .iter()
-                .filter(|s| {
-                    s.name == SERVER_DURATION_COUNT && s.label("service_name") != Some(service)
-                })
-                .map(|s| s.value)
-                .sum(),
         }
     }
 }
@@ -172,8 +160,6 @@ mod tests {
              http_server_request_duration_seconds_count{service_name=\"nginx\",http_route=\"/\",http_response_status_code=\"499\"} 2\n\
              http_server_request_duration_seconds_count{service_name=\"nginx\",http_route=\"/nginx_status\",http_response_status_code=\"200\"} 3\n\
              http_server_request_duration_seconds_count{service_name=\"python3\",http_route=\"/\",http_response_status_code=\"200\"} 7\n\
-             http_server_request_duration_seconds_count{service_name=\"python3\",http_route=\"/x\",http_response_status_code=\"200\"} 3\n\
-             http_client_request_duration_seconds_count{service_name=\"wrk\",http_response_status_code=\"200\"} 95\n\
              sonde_events_lost_total{reason=\"ringbuf_full\"} 4\n\
              sonde_events_lost_total{reason=\"copy_failed\"} 1\n\
              sonde_spans_exported_total 80\n\
@@ -186,7 +172,6 @@ mod tests {
             events_lost: 5.0,
             spans_exported: 80.0,
             spans_dropped: 11.0,
-            other_requests: 10.0,
         };
         assert_eq!(Counters::of(&scrape, "nginx"), expected);
     }

@@ -1,18 +1,13 @@
 //! The server under load: nginx with one worker pinned to CPU 0 answering
 //! `200 ok` with no access log, and its `stub_status` page, whose request
 //! counter is the ground truth sonde's counts are held against.
-//!
-//! It runs from a copy of the nginx executable named [`SERVICE`]: sonde
-//! names services after their executable, and other nginx instances on a
-//! shared machine (other benchmarks, tests) must not count as this one.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sonde_tests::process::{exe_basename, poll, TempDir};
+use sonde_tests::process::{exe_basename, poll};
 use sonde_tests::servers::{Nginx, NginxConfig, NGINX_STATUS_PATH};
 
 use crate::http_get;
@@ -28,15 +23,10 @@ const WORKER_WITHIN: Duration = Duration::from_secs(5);
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 const IDLE_WITHIN: Duration = Duration::from_secs(10);
 
-/// The name of the bench's nginx executable, hence its service name.
-const SERVICE: &str = "nginx-sonde-bench";
-
 pub struct BenchNginx {
     nginx: Nginx,
     worker: u32,
     addr: SocketAddr,
-    // Declared last: removed after nginx has stopped.
-    _program_dir: TempDir,
 }
 
 /// A reading of nginx's request counter. The status request that read it is
@@ -46,13 +36,7 @@ pub struct Mark(u64);
 
 impl BenchNginx {
     pub fn start() -> Result<BenchNginx> {
-        let program_dir = TempDir::new("bench-nginx-program")?;
-        let program = program_dir.path().join(SERVICE);
-        let installed = on_path("nginx").context("no nginx on PATH (`cargo xtask setup`)")?;
-        std::fs::copy(&installed, &program)
-            .with_context(|| format!("copying {} to {}", installed.display(), program.display()))?;
         let nginx = Nginx::with_config(&NginxConfig {
-            program,
             workers: 1,
             worker_cpu: Some(WORKER_CPU),
             access_log: false,
@@ -72,8 +56,11 @@ impl BenchNginx {
             nginx,
             worker,
             addr,
-            _program_dir: program_dir,
         })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -85,7 +72,7 @@ impl BenchNginx {
         self.worker
     }
 
-    /// What sonde calls this nginx: its executable's file name, [`SERVICE`].
+    /// What sonde calls nginx.
     pub fn service_name(&self) -> String {
         exe_basename(self.worker)
     }
@@ -122,13 +109,6 @@ impl BenchNginx {
         parse_requests(&response.body)
             .with_context(|| format!("unexpected status page:\n{}", response.body))
     }
-}
-
-/// The first executable called `name` in a directory of `$PATH`.
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
 }
 
 /// Given counter readings taken after `mark`, each counting its own status

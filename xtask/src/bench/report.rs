@@ -70,7 +70,6 @@ pub fn markdown(report: &Report) -> String {
     out.push_str(&budget(&report.budget));
     out.push_str("\n## Correctness\n\n");
     out.push_str(&correctness(&report.violations));
-    out.push_str(&other_traffic(report));
     out.push_str("\n## Machine\n\n");
     let _ = writeln!(out, "- CPU: {}, {} cores", machine.cpu_model, machine.cores);
     let _ = writeln!(out, "- kernel: {}", machine.kernel);
@@ -130,7 +129,6 @@ pub fn terminal(report: &Report) -> String {
     out.push_str(&budget(&report.budget));
     out.push('\n');
     out.push_str(&correctness(&report.violations));
-    out.push_str(&other_traffic(report));
     out
 }
 
@@ -145,7 +143,10 @@ sonde started afresh for each run and given a second after `/readyz` before the 
 - **baseline**: no sonde. **floor**: `sonde --bench-floor`, the same tracepoints with \
 programs that only return 0: what any eBPF monitor on these hooks costs at least. \
 **metrics**: sonde as shipped. **spans**: sonde also exporting every request as a span \
-over OTLP/gRPC to a local sink that counts them.
+over OTLP/gRPC to a local sink that counts them. sonde runs with `--port` set to nginx's \
+port, so other tests and benchmarks sharing the machine are neither counted nor exported; \
+for the bench's connections nothing changes (the kernel checks a connection's ports once, \
+when it first sees it), and the programs still run for every syscall on the machine.
 - **BPF ns/req**: `run_time_ns` summed over sonde's programs (`/proc/PID/fdinfo`, with \
 `kernel.bpf_stats_enabled=1`) during the load, over the `/` requests nginx served (its \
 `stub_status` counter). The programs run for every process on the machine, wrk included, \
@@ -349,29 +350,6 @@ fn correctness(violations: &[Violation]) -> String {
     out
 }
 
-/// Whether the machine served other HTTP traffic while sonde watched: it
-/// loads sonde and the CPUs too, so such runs are less comparable.
-fn other_traffic(report: &Report) -> String {
-    let disturbed: Vec<f64> = report
-        .runs
-        .iter()
-        .chain([&report.sustained])
-        .filter_map(|run| run.sonde.as_ref())
-        .map(|sonde| sonde.counters.other_requests)
-        .filter(|&n| n > 0.0)
-        .collect();
-    if disturbed.is_empty() {
-        return String::new();
-    }
-    format!(
-        "Other services on the machine served {} HTTP requests during {} of the runs with \
-         sonde (other tests or benchmarks sharing it); sonde observed them too, so those runs \
-         carry their load.\n",
-        thousands(disturbed.iter().sum::<f64>() as u64),
-        disturbed.len()
-    )
-}
-
 /// `median (min–max)`, or the median alone when all values are equal; `–`
 /// when not measured.
 fn cell(spread: Option<Spread>, format: impl Fn(f64) -> String) -> String {
@@ -512,8 +490,6 @@ pub mod tests {
                 ),
             ]);
         }
-        let disturbed = runs.iter_mut().find(|r| r.mode == Metrics).unwrap();
-        disturbed.sonde.as_mut().unwrap().counters.other_requests = 1234.0;
         for run in runs.iter_mut().filter(|r| r.mode == Spans) {
             let sonde = run.sonde.as_mut().unwrap();
             sonde.counters.spans_exported = 1800.0;
