@@ -167,6 +167,7 @@ pub mod tests {
                     events_lost: 0.0,
                     spans_exported: 0.0,
                     spans_dropped: 0.0,
+                    closed_unanswered: 0.0,
                 },
                 spans_received: None,
             }),

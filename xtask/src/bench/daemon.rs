@@ -124,9 +124,23 @@ pub struct Counters {
     pub events_lost: f64,
     pub spans_exported: f64,
     pub spans_dropped: f64,
+    /// Requests sonde saw whose connection closed before any response
+    /// (`sonde_requests_abandoned_total{reason="closed_unanswered"}`).
+    pub closed_unanswered: f64,
 }
 
 impl Counters {
+    /// Whether sonde accounts for every one of the `served` requests: each
+    /// one counted, or abandoned because its connection closed unanswered.
+    /// nginx counts a request it read even when wrk, stopping, closed the
+    /// connection before the response could be written (nginx's 499); sonde
+    /// sees no response for it. The abandoned count also holds wrk's side of
+    /// such requests, so it bounds the difference rather than equals it.
+    pub fn accounts_for(&self, served: u64) -> bool {
+        let missing = served as f64 - self.root_requests;
+        (0.0..=self.closed_unanswered).contains(&missing)
+    }
+
     pub fn of(scrape: &Scrape, service: &str) -> Counters {
         Counters {
             root_requests: scrape.sum(
@@ -136,6 +150,10 @@ impl Counters {
             events_lost: scrape.sum(EVENTS_LOST, &[]),
             spans_exported: scrape.sum(SPANS_EXPORTED, &[]),
             spans_dropped: scrape.sum(SPANS_DROPPED, &[]),
+            closed_unanswered: scrape.sum(
+                "sonde_requests_abandoned_total",
+                &[("reason", "closed_unanswered")],
+            ),
         }
     }
 }
@@ -164,7 +182,9 @@ mod tests {
              sonde_events_lost_total{reason=\"copy_failed\"} 1\n\
              sonde_spans_exported_total 80\n\
              sonde_spans_dropped_total{reason=\"queue_full\"} 5\n\
-             sonde_spans_dropped_total{reason=\"export_failed\"} 6\n",
+             sonde_spans_dropped_total{reason=\"export_failed\"} 6\n\
+             sonde_requests_abandoned_total{reason=\"closed_unanswered\"} 3\n\
+             sonde_requests_abandoned_total{reason=\"process_exited\"} 9\n",
         )
         .unwrap();
         let expected = Counters {
@@ -172,6 +192,7 @@ mod tests {
             events_lost: 5.0,
             spans_exported: 80.0,
             spans_dropped: 11.0,
+            closed_unanswered: 3.0,
         };
         assert_eq!(Counters::of(&scrape, "nginx"), expected);
     }
