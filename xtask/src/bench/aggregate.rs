@@ -164,6 +164,7 @@ pub mod tests {
                 },
                 counters: Counters {
                     root_requests: 1000.0,
+                    unanswered: 0.0,
                     events_lost: 0.0,
                     spans_exported: 0.0,
                     spans_dropped: 0.0,
