@@ -164,10 +164,10 @@ pub mod tests {
                 },
                 counters: Counters {
                     root_requests: 1000.0,
+                    unanswered: 0.0,
                     events_lost: 0.0,
                     spans_exported: 0.0,
                     spans_dropped: 0.0,
-                    closed_unanswered: 0.0,
                 },
                 spans_received: None,
             }),

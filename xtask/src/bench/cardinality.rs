@@ -13,7 +13,7 @@ use sonde_tests::names::SERVER_DURATION_COUNT;
 use sonde_tests::process::TempDir;
 use sonde_tests::servers::NGINX_STATUS_PATH;
 
-use super::daemon::Mode;
+use super::daemon::{Counters, Mode};
 use super::measure::{self, Bench, Checks, Violation};
 use super::procfs::{self, Memory};
 use super::stats::Spread;
@@ -68,7 +68,7 @@ pub fn run(
     let served = bench.nginx.requests_since(mark)?;
 
     let service = bench.service.as_str();
-    let (counted, scrape) = measure::settle(&daemon, |scrape| {
+    let ((counted, unanswered), scrape) = measure::settle(&daemon, |scrape| {
         let counted: f64 = scrape
             .samples()
             .iter()
@@ -79,7 +79,8 @@ pub fn run(
             })
             .map(|s| s.value)
             .sum();
-        (counted, counted == served as f64)
+        let unanswered = Counters::of(scrape, service).unanswered;
+        ((counted, unanswered), counted + unanswered == served as f64)
     })?;
     let routes: BTreeSet<&str> = scrape
         .samples()
@@ -104,11 +105,8 @@ pub fn run(
         "every generated path was requested",
         || format!("nginx served {served} requests for {paths} paths"),
     );
-    checks.require(
-        counted == served as f64,
-        "sonde counts every request nginx served",
-        || format!("nginx served {served}, sonde counted {counted}"),
-    );
+    let connections = Workload::KeepAlive.connections();
+    measure::check_requests(&mut checks, served, counted, unanswered, connections);
     checks.require(
         routes.len() <= ROUTE_CAP as usize + 1,
         "routes stay within the cap plus one overflow series",

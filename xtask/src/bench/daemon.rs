@@ -11,6 +11,8 @@ use sonde_tests::otlp_receiver::OtlpReceiver;
 use sonde_tests::prom::Scrape;
 use sonde_tests::sonde::Sonde;
 
+const REQUESTS_ABANDONED: &str = "sonde_requests_abandoned_total";
+
 /// What runs next to nginx during a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -120,40 +122,27 @@ impl Daemon {
 pub struct Counters {
     /// Server requests of `service` on route `/`, any method and status.
     pub root_requests: f64,
+    /// Requests whose connection closed before any response: in the bench,
+    /// requests nginx read after wrk had exited (wrk's own outstanding ones
+    /// are abandoned as `process_exited`).
+    pub unanswered: f64,
     /// Every reason summed.
     pub events_lost: f64,
     pub spans_exported: f64,
     pub spans_dropped: f64,
-    /// Requests sonde saw whose connection closed before any response
-    /// (`sonde_requests_abandoned_total{reason="closed_unanswered"}`).
-    pub closed_unanswered: f64,
 }
 
 impl Counters {
-    /// Whether sonde accounts for every one of the `served` requests: each
-    /// one counted, or abandoned because its connection closed unanswered.
-    /// nginx counts a request it read even when wrk, stopping, closed the
-    /// connection before the response could be written (nginx's 499); sonde
-    /// sees no response for it. The abandoned count also holds wrk's side of
-    /// such requests, so it bounds the difference rather than equals it.
-    pub fn accounts_for(&self, served: u64) -> bool {
-        let missing = served as f64 - self.root_requests;
-        (0.0..=self.closed_unanswered).contains(&missing)
-    }
-
     pub fn of(scrape: &Scrape, service: &str) -> Counters {
         Counters {
             root_requests: scrape.sum(
                 SERVER_DURATION_COUNT,
                 &[("service_name", service), ("http_route", "/")],
             ),
+            unanswered: scrape.sum(REQUESTS_ABANDONED, &[("reason", "closed_unanswered")]),
             events_lost: scrape.sum(EVENTS_LOST, &[]),
             spans_exported: scrape.sum(SPANS_EXPORTED, &[]),
             spans_dropped: scrape.sum(SPANS_DROPPED, &[]),
-            closed_unanswered: scrape.sum(
-                "sonde_requests_abandoned_total",
-                &[("reason", "closed_unanswered")],
-            ),
         }
     }
 }
@@ -178,21 +167,21 @@ mod tests {
              http_server_request_duration_seconds_count{service_name=\"nginx\",http_route=\"/\",http_response_status_code=\"499\"} 2\n\
              http_server_request_duration_seconds_count{service_name=\"nginx\",http_route=\"/nginx_status\",http_response_status_code=\"200\"} 3\n\
              http_server_request_duration_seconds_count{service_name=\"python3\",http_route=\"/\",http_response_status_code=\"200\"} 7\n\
+             sonde_requests_abandoned_total{reason=\"closed_unanswered\"} 3\n\
+             sonde_requests_abandoned_total{reason=\"process_exited\"} 32\n\
              sonde_events_lost_total{reason=\"ringbuf_full\"} 4\n\
              sonde_events_lost_total{reason=\"copy_failed\"} 1\n\
              sonde_spans_exported_total 80\n\
              sonde_spans_dropped_total{reason=\"queue_full\"} 5\n\
-             sonde_spans_dropped_total{reason=\"export_failed\"} 6\n\
-             sonde_requests_abandoned_total{reason=\"closed_unanswered\"} 3\n\
-             sonde_requests_abandoned_total{reason=\"process_exited\"} 9\n",
+             sonde_spans_dropped_total{reason=\"export_failed\"} 6\n",
         )
         .unwrap();
         let expected = Counters {
             root_requests: 92.0,
+            unanswered: 3.0,
             events_lost: 5.0,
             spans_exported: 80.0,
             spans_dropped: 11.0,
-            closed_unanswered: 3.0,
         };
         assert_eq!(Counters::of(&scrape, "nginx"), expected);
     }
