@@ -960,9 +960,7 @@ fn start_line(line: &[u8], kind: Option<Kind>) -> Result<StartLine, Anomaly> {
         )),
         (false, _) => {
             let line = request_line(line, true).ok_or(Anomaly::BadHead)?;
-            Ok(StartLine::Request(unplaced(
-                line.request().ok_or(Anomaly::BadHead)?,
-            )))
+            Ok(StartLine::Request(line.head().ok_or(Anomaly::BadHead)?))
         }
     }
 }
@@ -1116,17 +1114,28 @@ struct RequestLine<'a> {
 }
 
 impl RequestLine<'_> {
-    /// The request it describes; None when a cut target stops before its path.
-    fn request(&self) -> Option<Request> {
+    /// The head of the request it describes, boxed as reported (its time,
+    /// thread and cut are set then); None when a cut target stops before its
+    /// path. Built in its box field by field: a `Request` made first and
+    /// moved in costs a store-forwarding stall.
+    fn head(&self) -> Option<Box<RequestHead>> {
         let (path, cut) = path_of(self.target, self.target_complete)?;
-        Some(Request {
-            method: method_text(self.method),
-            path: lossy_string(&path[..path.len().min(MAX_PATH)]),
-            path_truncated: cut || path.len() > MAX_PATH,
-            // A cut line without its version: HTTP/1.1 is what is spoken.
-            version: self.version.unwrap_or("1.1"),
-            trace: None,
-        })
+        let method = method_text(self.method);
+        let path_text = lossy_string(&path[..path.len().min(MAX_PATH)]);
+        Some(Box::new(RequestHead {
+            request: Request {
+                method,
+                path: path_text,
+                path_truncated: cut || path.len() > MAX_PATH,
+                // A cut line without its version: HTTP/1.1 is what is spoken.
+                version: self.version.unwrap_or("1.1"),
+                trace: None,
+            },
+            start_ns: 0,
+            tid: 0,
+            cut: false,
+            bad_traceparent: false,
+        }))
     }
 }
 
@@ -1180,17 +1189,6 @@ fn request_line(line: &[u8], complete: bool) -> Option<RequestLine<'_>> {
     })
 }
 
-/// A request head whose time, thread and cut are set when it is reported.
-fn unplaced(request: Request) -> Box<RequestHead> {
-    Box::new(RequestHead {
-        request,
-        start_ns: 0,
-        tid: 0,
-        cut: false,
-        bad_traceparent: false,
-    })
-}
-
 /// A request from a head the kernel cut short: usable when its request line
 /// reaches the path. Errors: `BadHead` for a whole but invalid request line,
 /// `Gap` when too little was captured.
@@ -1198,8 +1196,8 @@ fn cut_request(head: &[u8]) -> Result<Box<RequestHead>, Anomaly> {
     let (line, rest) = split_line(head);
     let complete = rest.is_some();
     let line = if complete { line } else { strip_cr(line) };
-    let mut request = match request_line(line, complete).map(|l| l.request()) {
-        Some(Some(request)) => request,
+    let mut head = match request_line(line, complete).map(|l| l.head()) {
+        Some(Some(head)) => head,
         None if complete => return Err(Anomaly::BadHead),
         _ => return Err(Anomaly::Gap),
     };
@@ -1220,9 +1218,7 @@ fn cut_request(head: &[u8]) -> Result<Box<RequestHead>, Anomaly> {
             _ => break,
         }
     }
-    let bad_traceparent = trace.attach(&mut request);
-    let mut head = unplaced(request);
-    head.bad_traceparent = bad_traceparent;
+    head.bad_traceparent = trace.attach(&mut head.request);
     Ok(head)
 }
 
