@@ -195,7 +195,15 @@ impl Tracker {
         match event {
             Event::Open(open) => self.open(open, out),
             Event::Data(data) => {
-                // Two lookups on the hot path: the fd's key, then its connection.
+                // Usually the fd is the one its connection is keyed by: one
+                // lookup. (A connection's open fds are those `ids` maps to it.)
+                if let Some(conn) = self.conns.get_mut(&data.conn_id) {
+                    if conn.who.fds.contains(&data.conn_id) {
+                        conn.on_data(data, &mut self.last_id, self.config.max_pending, out);
+                        return;
+                    }
+                }
+                // Otherwise the fd's key, then its connection.
                 let key = self.ids.get(&data.conn_id).copied();
                 let conn = match key.and_then(|key| self.conns.get_mut(&key)) {
                     Some(conn) => Some(conn),

@@ -216,11 +216,20 @@ enum Chunked {
     TrailersLf,
 }
 
-enum Step {
-    Emit(Output),
+/// What a state made of the input.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    /// The state changed: go on.
     Again,
-    /// The input is used up.
-    Wait,
+    /// Return what was put in the output slot: an output, or None once the
+    /// input is used up. Outputs are written in place, not returned up the
+    /// calls: moving them cost store-forwarding stalls on every call.
+    Done,
+}
+
+fn emit(out: &mut Option<Output>, output: Output) -> Flow {
+    *out = Some(output);
+    Flow::Done
 }
 
 /// Incremental parser for one direction of one connection.
@@ -297,21 +306,20 @@ impl Parser {
     }
 
     fn step(&mut self, input: &mut Input<'_>, answering: Answering) -> Option<Output> {
+        let mut out = None;
         loop {
-            let step = match self.state {
-                State::Idle => self.idle(input),
-                State::Head => self.head(input, answering),
-                State::Body(body) => self.body(body, input),
+            let flow = match self.state {
+                State::Idle => self.idle(input, &mut out),
+                State::Head => self.head(input, answering, &mut out),
+                State::Body(body) => self.body(body, input, &mut out),
                 State::Unsynced => self.unsynced(input),
                 State::Stopped => {
                     input.discard();
-                    Step::Wait
+                    Flow::Done
                 }
             };
-            match step {
-                Step::Emit(output) => return Some(output),
-                Step::Again => {}
-                Step::Wait => return None,
+            if flow == Flow::Done {
+                return out;
             }
         }
     }
@@ -328,7 +336,7 @@ impl Parser {
         Some(self.end_output(complete))
     }
 
-    fn idle(&mut self, input: &mut Input<'_>) -> Step {
+    fn idle(&mut self, input: &mut Input<'_>, out: &mut Option<Output>) -> Flow {
         // RFC 9112 §2.2: empty lines before a request line are ignored (some
         // clients send CRLF after a POST body).
         input.skip_line_ends();
@@ -338,25 +346,30 @@ impl Parser {
             self.start_tid = input.tid;
             self.body_bytes = 0;
             self.tunnel_next = false;
-            return Step::Again;
+            return Flow::Again;
         }
         if input.missing == 0 {
-            return Step::Wait;
+            return Flow::Done;
         }
         // The uncaptured tail starts a message nobody can see.
-        Step::Emit(self.lose_sync(input, Anomaly::Gap))
+        emit(out, self.lose_sync(input, Anomaly::Gap))
     }
 
-    fn unsynced(&mut self, input: &mut Input<'_>) -> Step {
+    fn unsynced(&mut self, input: &mut Input<'_>) -> Flow {
         if input.pos == 0 && classify_start(input.rest(), self.kind) == Start::Yes {
             self.state = State::Idle;
-            return Step::Again;
+            return Flow::Again;
         }
         input.discard();
-        Step::Wait
+        Flow::Done
     }
 
-    fn head(&mut self, input: &mut Input<'_>, answering: Answering) -> Step {
+    fn head(
+        &mut self,
+        input: &mut Input<'_>,
+        answering: Answering,
+        out: &mut Option<Output>,
+    ) -> Flow {
         if !input.is_exhausted() {
             self.last_ns = input.ts_ns;
         }
@@ -367,7 +380,7 @@ impl Parser {
             if let Some((n, parsed)) = scan_head(rest, self.kind) {
                 input.advance(n);
                 self.release_head();
-                return self.begin_head(input, parsed, answering);
+                return self.begin_head(input, parsed, answering, out);
             }
         }
         if let Some(n) = find_head_end(rest, &mut self.eol) {
@@ -380,18 +393,18 @@ impl Parser {
                 parse_head(&self.head, self.kind)
             };
             self.release_head();
-            return self.begin_head(input, parsed, answering);
+            return self.begin_head(input, parsed, answering, out);
         }
         if self.head.len() + rest.len() > MAX_HEAD {
-            return Step::Emit(self.lose_sync(input, Anomaly::HeadTooLarge));
+            return emit(out, self.lose_sync(input, Anomaly::HeadTooLarge));
         }
         self.head.extend_from_slice(rest);
         input.advance(rest.len());
         if classify_start(&self.head, self.kind) == Start::No {
-            return Step::Emit(self.lose_sync(input, Anomaly::BadHead));
+            return emit(out, self.lose_sync(input, Anomaly::BadHead));
         }
         if input.missing == 0 {
-            return Step::Wait;
+            return Flow::Done;
         }
         // The kernel did not copy the rest of this head. A request line that
         // reaches its path still says what was asked; the framing is lost.
@@ -403,9 +416,9 @@ impl Parser {
             Ok(parsed) => {
                 let output = self.request_head(parsed, true);
                 self.unsync(input);
-                Step::Emit(output)
+                emit(out, output)
             }
-            Err(why) => Step::Emit(self.lose_sync(input, why)),
+            Err(why) => emit(out, self.lose_sync(input, why)),
         }
     }
 
@@ -415,10 +428,11 @@ impl Parser {
         input: &mut Input<'_>,
         parsed: ParsedHead,
         answering: Answering,
-    ) -> Step {
+        out: &mut Option<Output>,
+    ) -> Flow {
         match parsed.and_then(|(start, framing)| self.begin(start, framing, answering)) {
-            Ok(output) => Step::Emit(output),
-            Err(why) => Step::Emit(self.lose_sync(input, why)),
+            Ok(output) => emit(out, output),
+            Err(why) => emit(out, self.lose_sync(input, why)),
         }
     }
 
@@ -474,9 +488,9 @@ impl Parser {
         Ok(output)
     }
 
-    fn body(&mut self, body: Body, input: &mut Input<'_>) -> Step {
+    fn body(&mut self, body: Body, input: &mut Input<'_>, out: &mut Option<Output>) -> Flow {
         if body == Body::Length(0) {
-            return Step::Emit(self.end());
+            return emit(out, self.end());
         }
         if !input.is_exhausted() {
             self.last_ns = input.ts_ns;
@@ -487,27 +501,32 @@ impl Parser {
                 self.body_bytes += n;
                 self.state = State::Body(Body::Length(left - n));
                 if n == left {
-                    Step::Again
+                    Flow::Again
                 } else {
-                    Step::Wait
+                    Flow::Done
                 }
             }
             Body::UntilClose => {
                 self.body_bytes += input.take(u64::MAX);
-                Step::Wait
+                Flow::Done
             }
-            Body::Chunked(chunked) => self.chunked(chunked, input),
+            Body::Chunked(chunked) => self.chunked(chunked, input, out),
         }
     }
 
-    fn chunked(&mut self, mut at: Chunked, input: &mut Input<'_>) -> Step {
+    fn chunked(
+        &mut self,
+        mut at: Chunked,
+        input: &mut Input<'_>,
+        out: &mut Option<Output>,
+    ) -> Flow {
         loop {
             if let Chunked::Data(left) = at {
                 let n = input.take(left);
                 self.body_bytes += n;
                 if n < left {
                     self.state = State::Body(Body::Chunked(Chunked::Data(left - n)));
-                    return Step::Wait;
+                    return Flow::Done;
                 }
                 at = Chunked::DataCr;
                 continue;
@@ -515,7 +534,7 @@ impl Parser {
             let Some(b) = input.next_byte() else {
                 if input.missing == 0 {
                     self.state = State::Body(Body::Chunked(at));
-                    return Step::Wait;
+                    return Flow::Done;
                 }
                 // Uncaptured bytes can only stand for bytes whose value is
                 // known: the CRLF closing a chunk's data.
@@ -525,15 +544,15 @@ impl Parser {
                         value: 0,
                         digits: 0,
                     },
-                    _ => return Step::Emit(self.lose_sync(input, Anomaly::Gap)),
+                    _ => return emit(out, self.lose_sync(input, Anomaly::Gap)),
                 };
                 input.take(1);
                 continue;
             };
             match at.step(b) {
                 Ok(Some(next)) => at = next,
-                Ok(None) => return Step::Emit(self.end()),
-                Err(why) => return Step::Emit(self.lose_sync(input, why)),
+                Ok(None) => return emit(out, self.end()),
+                Err(why) => return emit(out, self.lose_sync(input, why)),
             }
         }
     }
@@ -941,9 +960,7 @@ fn start_line(line: &[u8], kind: Option<Kind>) -> Result<StartLine, Anomaly> {
         )),
         (false, _) => {
             let line = request_line(line, true).ok_or(Anomaly::BadHead)?;
-            Ok(StartLine::Request(unplaced(
-                line.request().ok_or(Anomaly::BadHead)?,
-            )))
+            Ok(StartLine::Request(line.head().ok_or(Anomaly::BadHead)?))
         }
     }
 }
@@ -1097,17 +1114,28 @@ struct RequestLine<'a> {
 }
 
 impl RequestLine<'_> {
-    /// The request it describes; None when a cut target stops before its path.
-    fn request(&self) -> Option<Request> {
+    /// The head of the request it describes, boxed as reported (its time,
+    /// thread and cut are set then); None when a cut target stops before its
+    /// path. Built in its box field by field: a `Request` made first and
+    /// moved in costs a store-forwarding stall.
+    fn head(&self) -> Option<Box<RequestHead>> {
         let (path, cut) = path_of(self.target, self.target_complete)?;
-        Some(Request {
-            method: method_text(self.method),
-            path: lossy_string(&path[..path.len().min(MAX_PATH)]),
-            path_truncated: cut || path.len() > MAX_PATH,
-            // A cut line without its version: HTTP/1.1 is what is spoken.
-            version: self.version.unwrap_or("1.1"),
-            trace: None,
-        })
+        let method = method_text(self.method);
+        let path_text = lossy_string(&path[..path.len().min(MAX_PATH)]);
+        Some(Box::new(RequestHead {
+            request: Request {
+                method,
+                path: path_text,
+                path_truncated: cut || path.len() > MAX_PATH,
+                // A cut line without its version: HTTP/1.1 is what is spoken.
+                version: self.version.unwrap_or("1.1"),
+                trace: None,
+            },
+            start_ns: 0,
+            tid: 0,
+            cut: false,
+            bad_traceparent: false,
+        }))
     }
 }
 
@@ -1161,17 +1189,6 @@ fn request_line(line: &[u8], complete: bool) -> Option<RequestLine<'_>> {
     })
 }
 
-/// A request head whose time, thread and cut are set when it is reported.
-fn unplaced(request: Request) -> Box<RequestHead> {
-    Box::new(RequestHead {
-        request,
-        start_ns: 0,
-        tid: 0,
-        cut: false,
-        bad_traceparent: false,
-    })
-}
-
 /// A request from a head the kernel cut short: usable when its request line
 /// reaches the path. Errors: `BadHead` for a whole but invalid request line,
 /// `Gap` when too little was captured.
@@ -1179,8 +1196,8 @@ fn cut_request(head: &[u8]) -> Result<Box<RequestHead>, Anomaly> {
     let (line, rest) = split_line(head);
     let complete = rest.is_some();
     let line = if complete { line } else { strip_cr(line) };
-    let mut request = match request_line(line, complete).map(|l| l.request()) {
-        Some(Some(request)) => request,
+    let mut head = match request_line(line, complete).map(|l| l.head()) {
+        Some(Some(head)) => head,
         None if complete => return Err(Anomaly::BadHead),
         _ => return Err(Anomaly::Gap),
     };
@@ -1201,9 +1218,7 @@ fn cut_request(head: &[u8]) -> Result<Box<RequestHead>, Anomaly> {
             _ => break,
         }
     }
-    let bad_traceparent = trace.attach(&mut request);
-    let mut head = unplaced(request);
-    head.bad_traceparent = bad_traceparent;
+    head.bad_traceparent = trace.attach(&mut head.request);
     Ok(head)
 }
 

@@ -12,10 +12,7 @@ use std::hash::{Hash, Hasher};
 use foldhash::{HashMap, HashMapExt};
 
 use probe_common::counter;
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
-};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::event::DecodeError;
 use crate::exchange::{
@@ -24,6 +21,9 @@ use crate::exchange::{
 };
 use crate::process::Names;
 use crate::route::{Limits, Namer, PeerId, RouteId, ServiceId};
+use histogram::{Histogram, HistogramVec};
+
+mod histogram;
 
 /// OpenTelemetry's advised boundaries for `http.*.request.duration`, seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -248,9 +248,11 @@ impl SideFamilies {
     fn new(registry: &Registry, side: &str, labels: &[&str]) -> Result<Self, prometheus::Error> {
         let exchange_labels: Vec<&str> = labels.iter().chain(&RESPONSE_LABELS).copied().collect();
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let opts =
-                HistogramOpts::new(format!("http_{side}_{name}"), help).buckets(buckets.to_vec());
-            register(registry, HistogramVec::new(opts, &exchange_labels)?)
+            let name = format!("http_{side}_{name}");
+            register(
+                registry,
+                HistogramVec::new(name, help, &exchange_labels, buckets)?,
+            )
         };
         Ok(SideFamilies {
             duration: histogram(
@@ -290,7 +292,7 @@ struct ExchangeSeries {
 }
 
 impl ExchangeSeries {
-    fn observe(&self, f: &Finished) {
+    fn observe(&mut self, f: &Finished) {
         self.duration
             .observe(f.end_ns.saturating_sub(f.start_ns) as f64 / 1e9);
         self.request_body.observe(f.request_body_bytes as f64);
@@ -468,7 +470,7 @@ impl Aggregator {
     }
 
     /// The histograms of `key`, counting the label sets that overflowed.
-    fn exchange_series(&mut self, mut key: ExchangeKey) -> &ExchangeSeries {
+    fn exchange_series(&mut self, mut key: ExchangeKey) -> &mut ExchangeSeries {
         if key.active.service.is_overflow() {
             self.series_dropped.with_label_values(&[DROP_SERVICE]).inc();
         }
