@@ -281,8 +281,18 @@ impl Nginx {
 
     /// Requests nginx has logged so far.
     pub fn access_log_lines(&self) -> usize {
+        self.access_log_lines_except("")
+    }
+
+    /// Requests nginx has logged so far, but for those logged with `status`
+    /// (e.g. "499": the client closed before the response was written).
+    pub fn access_log_lines_except(&self, status: &str) -> usize {
         std::fs::read_to_string(self.dir.path().join("access.log"))
-            .map(|log| log.lines().count())
+            .map(|log| {
+                log.lines()
+                    .filter(|l| status.is_empty() || l.split(' ').next() != Some(status))
+                    .count()
+            })
             .unwrap_or(0)
     }
 }
