@@ -15,10 +15,8 @@
 //! bounded prefix of the payload and timestamps it. Userspace parses and
 //! pairs.
 //!
-//! No syscall tracepoint is used at all: enabling any of them puts every
-//! syscall of every process on the kernel's slow path (about 100 ns more per
-//! syscall, measured here). A connection's end comes from
-//! `sock:inet_sock_set_state`, its side (server or client) from content.
+//! Syscall tracepoints remain only where a connection starts or ends (accept,
+//! connect: the role; close: the end), not per request.
 //!
 //! Everything not wanted is dropped as early as possible: non-TCP by
 //! family/protocol from the tracepoint itself, sonde and filtered-out
@@ -60,7 +58,7 @@ static CONFIG: Config = Config {
     v6_daddr_off: 0,
     v6_saddr_off: 0,
     wakeup_bytes: 1 << 20,
-    sk_shutdown_off: 0,
+    _pad: 0,
 };
 
 #[inline(always)]
@@ -75,11 +73,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
 #[map(name = "CONNS")]
 static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(65536, 0);
-
-/// The connection each tracked socket belongs to, for the close, which
-/// names only the socket.
-#[map(name = "SOCKS")]
-static SOCKS: HashMap<u64, ConnKey> = HashMap::with_max_entries(65536, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -137,6 +130,7 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: i32 = 2;
+const EINPROGRESS: i64 = 115;
 /// iovecs looked at per call: HTTP heads sit in the first ones.
 const MAX_IOV: u32 = 4;
 /// Payloads without an HTTP prefix tolerated before a connection is given up.
@@ -343,24 +337,72 @@ fn on_sock_call(ctx: &TracePointContext, inbound: bool) {
 
 // ---------------------------------------------------------------- connections
 
+/// `sys_exit_accept{,4}`: the returned fd is a connection this process serves.
+#[tracepoint]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    let ret = exit_ret(&ctx);
+    if ret >= 0 {
+        track_new(ret as u32, role::SERVER);
+    }
+    0
+}
+
+/// `sys_exit_connect`: the fd (first argument) is a connection this process
+/// is the client of, unless the connect failed.
+#[tracepoint]
+pub fn exit_connect(ctx: TracePointContext) -> u32 {
+    let ret = exit_ret(&ctx);
+    if ret == 0 || ret == -EINPROGRESS {
+        if let Some(r) = user_regs() {
+            track_new(r.arg[0] as u32, role::CLIENT);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn exit_ret(ctx: &TracePointContext) -> i64 {
+    field::<i64>(ctx, 16)
+}
+
+/// accept/connect: remember the role; the socket is looked at on first data.
+#[inline(always)]
+fn track_new(fd: u32, role: u32) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let cfg = config();
+    if !tgid_wanted(&cfg, tgid) {
+        return;
+    }
+    let key = ConnKey { tgid, fd };
+    if let Some(old) = unsafe { CONNS.get(key) } {
+        // The fd was reused without a close we saw (dup2, exec).
+        emit_close(&cfg, &key, old);
+    }
+    let st = ConnState {
+        sk: 0,
+        id: 0,
+        role,
+        proto: proto::UNKNOWN,
+        misses: 0,
+        _pad: 0,
+    };
+    if CONNS.insert(key, st, 0).is_err() {
+        count(counter::CONN_TABLE_FULL);
+    }
+}
+
 #[inline(always)]
 fn emit_close(cfg: &Config, key: &ConnKey, st: &ConnState) {
     if st.proto != proto::HTTP1 {
         return;
     }
-    // A reset arrives in softirq context, in whatever task was running.
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = if (pid_tgid >> 32) as u32 == key.tgid {
-        pid_tgid as u32
-    } else {
-        0
-    };
     let hdr = EventHeader {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         conn_id: st.id,
         kind: kind::CONN_CLOSE,
         tgid: key.tgid,
-        tid,
+        tid: pid_tgid as u32,
         fd: key.fd,
     };
     output(cfg, &hdr);
@@ -379,16 +421,19 @@ fn new_id() -> u64 {
 }
 
 #[inline(always)]
-fn port_wanted(cfg: &Config, local: u32, peer: u32) -> bool {
+fn port_wanted(cfg: &Config, st: &ConnState, local: u32, peer: u32) -> bool {
     if cfg.ignore_peer_port != 0 && peer == cfg.ignore_peer_port {
         return false;
     }
     if cfg.filter_ports == 0 {
         return true;
     }
-    // Either end: the side (server or client) is learnt from content later.
     let has = |p: u32| unsafe { PORT_FILTER.get(p) }.is_some();
-    has(local) || has(peer)
+    match st.role {
+        role::SERVER => has(local),
+        role::CLIENT => has(peer),
+        _ => has(local) || has(peer),
+    }
 }
 
 /// Ports of a socket: `skc_dport` (network order) and `skc_num` (host order)
@@ -410,8 +455,10 @@ fn on_data(cfg: &Config, pid_tgid: u64, call: &Call, ret: u64) {
             let fresh = ConnState {
                 sk: 0,
                 id: 0,
+                role: role::UNKNOWN,
                 proto: proto::UNKNOWN,
                 misses: 0,
+                _pad: 0,
             };
             if CONNS.insert(key, fresh, 0).is_err() {
                 count(counter::CONN_TABLE_FULL);
@@ -426,21 +473,16 @@ fn on_data(cfg: &Config, pid_tgid: u64, call: &Call, ret: u64) {
     let st = unsafe { &mut *st };
     if st.sk != call.sk {
         if st.sk != 0 {
-            // Same fd, another socket: the old connection is gone (its
-            // close was not seen, e.g. the socket lives on in a child).
+            // Same fd, another socket: the old connection is gone.
             emit_close(cfg, &key, st);
-            let _ = SOCKS.remove(st.sk);
+            st.role = role::UNKNOWN;
         }
         st.sk = call.sk;
         st.id = new_id();
         st.proto = proto::UNKNOWN;
         st.misses = 0;
-        if SOCKS.insert(call.sk, key, 0).is_err() {
-            // Its close will not be seen; userspace expires it when idle.
-            count(counter::CONN_TABLE_FULL);
-        }
         let (local, peer) = sock_ports(call.sk);
-        if !port_wanted(cfg, local, peer) {
+        if !port_wanted(cfg, st, local, peer) {
             st.proto = proto::OTHER;
             return;
         }
@@ -647,7 +689,7 @@ fn emit_open(cfg: &Config, key: &ConnKey, st: &ConnState, pid_tgid: u64) {
             fd: key.fd,
         },
         family: 0,
-        role: role::UNKNOWN,
+        role: st.role,
         local_port: 0,
         peer_port: 0,
         local_addr: [0; 16],
@@ -678,53 +720,20 @@ fn emit_open(cfg: &Config, key: &ConnKey, st: &ConnState, pid_tgid: u64) {
 
 // ---------------------------------------------------------------- close
 
-const TCP_ESTABLISHED: i32 = 1;
-const TCP_FIN_WAIT1: i32 = 4;
-const TCP_CLOSE: i32 = 7;
-const TCP_CLOSE_WAIT: i32 = 8;
-const TCP_LAST_ACK: i32 = 9;
-const RCV_SHUTDOWN: u8 = 1;
-
-/// `sock:inet_sock_set_state`: a tracked connection ends when its owner
-/// closes it (FIN_WAIT1 from ESTABLISHED, LAST_ACK after the peer's FIN) or
-/// it is reset or aborted (CLOSE straight from an open state). Not a syscall
-/// tracepoint: hooking close(2) would put every syscall of every process on
-/// the kernel's slow path.
 #[tracepoint]
-pub fn sock_state(ctx: TracePointContext) -> u32 {
-    // skaddr @8, oldstate @16, newstate @20, protocol @30.
-    let oldstate = field::<i32>(&ctx, 16);
-    let newstate = field::<i32>(&ctx, 20);
-    let ends = match newstate {
-        TCP_FIN_WAIT1 | TCP_LAST_ACK => true,
-        // From FIN_WAIT2 and the like it is the tail of a half-close whose
-        // socket the process still reads (or of a close already seen).
-        TCP_CLOSE => oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT,
-        _ => false,
-    };
-    if !ends || field::<u16>(&ctx, 30) != IPPROTO_TCP {
-        return 0;
-    }
-    let sk = field::<u64>(&ctx, 8);
-    let Some(key) = (unsafe { SOCKS.get(sk) }).copied() else {
-        return 0;
-    };
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let cfg = config();
-    // shutdown(SHUT_WR) also leads to FIN_WAIT1, but the socket can still
-    // read the reply: only a close shuts its receiving side too.
-    if newstate == TCP_FIN_WAIT1 && cfg.sk_shutdown_off != 0 {
-        let shutdown: u8 =
-            unsafe { bpf_probe_read_kernel((sk + cfg.sk_shutdown_off as u64) as *const u8) }
-                .unwrap_or(RCV_SHUTDOWN);
-        if shutdown & RCV_SHUTDOWN == 0 {
-            return 0;
-        }
+    if !tgid_wanted(&cfg, tgid) {
+        return 0;
     }
-    let _ = SOCKS.remove(sk);
+    // sys_enter_close: fd @16.
+    let key = ConnKey {
+        tgid,
+        fd: field::<u64>(&ctx, 16) as u32,
+    };
     if let Some(st) = unsafe { CONNS.get(key) } {
-        if st.sk != sk {
-            return 0;
-        }
         if st.proto == proto::UNKNOWN && st.misses > 0 {
             // Closed before it could be given up (a TLS handshake that
             // failed, a probe sending garbage): it was not HTTP either.
