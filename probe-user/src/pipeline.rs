@@ -110,9 +110,11 @@ impl Pipeline {
 
     /// One ring-buffer record. Malformed records are counted, never fatal.
     pub fn on_record(&mut self, record: &[u8], filter: &mut dyn PidFilter) {
-        match event::decode(record) {
-            Ok(ev) => self.on_event(&ev, filter),
-            Err(e) => self.own.record_decode_error(&e),
+        // Matched by reference: moving the event out of the result copied
+        // it with loads wider than the stores that made it (a stall).
+        match &event::decode(record) {
+            Ok(ev) => self.on_event(ev, filter),
+            Err(e) => self.own.record_decode_error(e),
         }
     }
 
