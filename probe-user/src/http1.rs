@@ -221,9 +221,9 @@ enum Chunked {
 enum Flow {
     /// The state changed: go on.
     Again,
-    /// Return what was put in the output slot: an output, or None once the
-    /// input is used up. Outputs are written in place, not returned up the
-    /// calls: moving them cost store-forwarding stalls on every call.
+    /// Stop: an output was put in the slot, or else the input is used up.
+    /// Outputs are written in place, not returned up the calls: moving them
+    /// cost store-forwarding stalls on every call.
     Done,
 }
 
@@ -297,21 +297,24 @@ impl Parser {
     /// next response head answers (ignored for requests).
     #[inline]
     pub fn next(&mut self, input: &mut Input<'_>, answering: Answering) -> Option<Output> {
+        // Inlined, so the state machine writes into the caller's own slot.
+        let mut out = None;
         // Most calls end a read or write that ended a message: answered
         // here, without the state machine's call.
-        if self.state == State::Idle && input.is_exhausted() {
-            return None;
+        if self.state != State::Idle || !input.is_exhausted() {
+            self.step(input, answering, &mut out);
         }
-        self.step(input, answering)
+        out
     }
 
-    fn step(&mut self, input: &mut Input<'_>, answering: Answering) -> Option<Output> {
-        let mut out = None;
+    /// Runs the state machine until it puts an output in `out` or has used
+    /// the input up.
+    fn step(&mut self, input: &mut Input<'_>, answering: Answering, out: &mut Option<Output>) {
         loop {
             let flow = match self.state {
-                State::Idle => self.idle(input, &mut out),
-                State::Head => self.head(input, answering, &mut out),
-                State::Body(body) => self.body(body, input, &mut out),
+                State::Idle => self.idle(input, out),
+                State::Head => self.head(input, answering, out),
+                State::Body(body) => self.body(body, input, out),
                 State::Unsynced => self.unsynced(input),
                 State::Stopped => {
                     input.discard();
@@ -319,7 +322,7 @@ impl Parser {
                 }
             };
             if flow == Flow::Done {
-                return out;
+                return;
             }
         }
     }
