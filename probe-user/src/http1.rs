@@ -917,10 +917,10 @@ impl<'a> HeadLines<'a> {
     /// LF, and whether it is valid. None when it has no LF.
     fn line(&mut self, bytes: &'a [u8]) -> Option<(usize, Result<(), Anomaly>)> {
         let Some(start) = &self.start else {
-            let (line, rest) = split_line(bytes);
-            let len = bytes.len() - rest?.len();
-            let parsed = start_line(line, self.kind).map(|start| self.start = Some(start));
-            return Some((len, parsed));
+            let lf = find_lf(bytes)?;
+            let parsed =
+                start_line(strip_cr(&bytes[..lf]), self.kind).map(|start| self.start = Some(start));
+            return Some((lf + 1, parsed));
         };
         let (len, line) = field_line(bytes)?;
         let parsed = match line {
