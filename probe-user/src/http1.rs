@@ -962,8 +962,11 @@ fn start_line(line: &[u8], kind: Option<Kind>) -> Result<StartLine, Anomaly> {
             status_line(line).ok_or(Anomaly::BadHead)?,
         )),
         (false, _) => {
-            let line = request_line(line, true).ok_or(Anomaly::BadHead)?;
-            Ok(StartLine::Request(line.head().ok_or(Anomaly::BadHead)?))
+            // Borrowed where it was made: moving it out of its Option stalls.
+            let head = request_line(line, true)
+                .as_ref()
+                .and_then(RequestLine::head);
+            Ok(StartLine::Request(head.ok_or(Anomaly::BadHead)?))
         }
     }
 }
