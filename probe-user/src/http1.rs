@@ -838,26 +838,36 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// Index of the first LF in `bytes`, a word at a time. Head lines are short:
-/// memchr's vector setup costs more than their scan.
+/// Index of the first LF in `bytes`.
 fn find_lf(bytes: &[u8]) -> Option<usize> {
+    find_any([b'\n'], bytes)
+}
+
+/// Index of the first of `needles` in `bytes`, a word at a time. Head lines
+/// and request targets are short: memchr's vector setup costs more than
+/// their scan.
+fn find_any<const N: usize>(needles: [u8; N], bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
     let mut rest = bytes;
     let mut at = 0;
     while let Some((word, tail)) = rest.split_first_chunk::<8>() {
-        // A zero byte of `w` is an LF. The lowest flag is exact (a borrow
-        // only ever flags bytes above a zero byte).
-        let w = u64::from_le_bytes(*word) ^ LFS;
-        let zeros = w.wrapping_sub(ONES) & !w & HIGHS;
-        if zeros != 0 {
-            return Some(at + zeros.trailing_zeros() as usize / 8);
+        let w = u64::from_le_bytes(*word);
+        // A zero byte of `w ^ needle` is that needle. The lowest flag is
+        // exact (a borrow only ever flags bytes above a zero byte).
+        let hits = needles.iter().fold(0, |hits, &needle| {
+            let x = w ^ (ONES * u64::from(needle));
+            hits | (x.wrapping_sub(ONES) & !x & HIGHS)
+        });
+        if hits != 0 {
+            return Some(at + hits.trailing_zeros() as usize / 8);
         }
         at += 8;
         rest = tail;
     }
-    rest.iter().position(|&b| b == b'\n').map(|i| at + i)
+    rest.iter()
+        .position(|b| needles.contains(b))
+        .map(|i| at + i)
 }
 
 /// Length of the empty line `bytes` begin with (LF or CR LF), if they do.
@@ -1174,13 +1184,13 @@ fn lossy_string(bytes: &[u8]) -> String {
 /// `method SP target SP HTTP/1.x`. With `complete` false the line is a
 /// prefix (cut by the kernel) and may stop anywhere after the method.
 fn request_line(line: &[u8], complete: bool) -> Option<RequestLine<'_>> {
-    // A method is short: no need for memchr's setup.
+    // A method is short.
     let sp = line.iter().take(MAX_METHOD + 1).position(|&b| b == b' ')?;
     let (method, rest) = (&line[..sp], &line[sp + 1..]);
     if !is_method(method) {
         return None;
     }
-    let (target, after_target) = match memchr::memchr(b' ', rest) {
+    let (target, after_target) = match find_any([b' '], rest) {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None if complete => return None,
         None => (rest, None),
@@ -1249,7 +1259,7 @@ fn path_of(target: &[u8], complete: bool) -> Option<(&[u8], bool)> {
             None => return None,
         },
     };
-    let end = memchr::memchr2(b'?', b'#', path);
+    let end = find_any([b'?', b'#'], path);
     let truncated = end.is_none() && !complete;
     let path = &path[..end.unwrap_or(path.len())];
     Some((if path.is_empty() { b"/" } else { path }, truncated))
@@ -2082,6 +2092,26 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_of_two_bytes_is_found_a_word_at_a_time() {
+        for len in 0..24 {
+            for (a, b) in [(0, 0), (3, 9), (9, 3), (8, 15), (15, 7)] {
+                // Bytes just below each needle, which borrows could flag.
+                let mut bytes: Vec<u8> = (0..len)
+                    .map(|at| if at % 2 == 0 { b'>' } else { b'"' })
+                    .collect();
+                if a < len {
+                    bytes[a] = b'?';
+                }
+                if b < len {
+                    bytes[b] = b'#';
+                }
+                let want = bytes.iter().position(|&c| c == b'?' || c == b'#');
+                assert_eq!(find_any([b'?', b'#'], &bytes), want, "{bytes:?}");
             }
         }
     }
