@@ -90,10 +90,10 @@
 //! numbering then stays shifted for the life of the connection; a consumer
 //! should also check that the times agree.
 use std::collections::{BTreeSet, VecDeque};
-
-use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::event::{ConnOpen, Data, Direction, Event, RoleHint};
 use crate::exchange::{
@@ -190,7 +190,8 @@ impl Tracker {
         self.conns.is_empty()
     }
 
-    /// Consumes one event (in ring-buffer order) and appends what it caused.
+    /// Consumes one event (in ring-buffer order) and hands what it caused to
+    /// `out`.
     pub fn handle<P: AsRef<[u8]>>(&mut self, event: &Event<P>, out: &mut dyn Observer) {
         match event {
             Event::Open(open) => self.open(open, out),

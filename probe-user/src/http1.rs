@@ -221,9 +221,9 @@ enum Chunked {
 enum Flow {
     /// The state changed: go on.
     Again,
-    /// Return what was put in the output slot: an output, or None once the
-    /// input is used up. Outputs are written in place, not returned up the
-    /// calls: moving them cost store-forwarding stalls on every call.
+    /// Stop: an output was put in the slot, or else the input is used up.
+    /// Outputs are written in place, not returned up the calls: moving them
+    /// cost store-forwarding stalls on every call.
     Done,
 }
 
@@ -297,21 +297,24 @@ impl Parser {
     /// next response head answers (ignored for requests).
     #[inline]
     pub fn next(&mut self, input: &mut Input<'_>, answering: Answering) -> Option<Output> {
+        // Inlined, so the state machine writes into the caller's own slot.
+        let mut out = None;
         // Most calls end a read or write that ended a message: answered
         // here, without the state machine's call.
-        if self.state == State::Idle && input.is_exhausted() {
-            return None;
+        if self.state != State::Idle || !input.is_exhausted() {
+            self.step(input, answering, &mut out);
         }
-        self.step(input, answering)
+        out
     }
 
-    fn step(&mut self, input: &mut Input<'_>, answering: Answering) -> Option<Output> {
-        let mut out = None;
+    /// Runs the state machine until it puts an output in `out` or has used
+    /// the input up.
+    fn step(&mut self, input: &mut Input<'_>, answering: Answering, out: &mut Option<Output>) {
         loop {
             let flow = match self.state {
-                State::Idle => self.idle(input, &mut out),
-                State::Head => self.head(input, answering, &mut out),
-                State::Body(body) => self.body(body, input, &mut out),
+                State::Idle => self.idle(input, out),
+                State::Head => self.head(input, answering, out),
+                State::Body(body) => self.body(body, input, out),
                 State::Unsynced => self.unsynced(input),
                 State::Stopped => {
                     input.discard();
@@ -319,7 +322,7 @@ impl Parser {
                 }
             };
             if flow == Flow::Done {
-                return out;
+                return;
             }
         }
     }
@@ -785,12 +788,21 @@ const TCHAR: [bool; 256] = {
     table
 };
 
-/// Length of the token `bytes` start with.
+/// Length of the token `bytes` start with. Four bytes a step while they
+/// last: half the instructions of a byte loop on a field name.
 fn token_len(bytes: &[u8]) -> usize {
-    bytes
-        .iter()
-        .position(|&b| !TCHAR[usize::from(b)])
-        .unwrap_or(bytes.len())
+    let tchar = |b: u8| TCHAR[usize::from(b)];
+    let mut at = 0;
+    while let Some(&[a, b, c, d]) = bytes.get(at..at + 4) {
+        if !(tchar(a) & tchar(b) & tchar(c) & tchar(d)) {
+            break;
+        }
+        at += 4;
+    }
+    while at < bytes.len() && tchar(bytes[at]) {
+        at += 1;
+    }
+    at
 }
 
 enum StartLine {
@@ -826,26 +838,36 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// Index of the first LF in `bytes`, a word at a time. Head lines are short:
-/// memchr's vector setup costs more than their scan.
+/// Index of the first LF in `bytes`.
 fn find_lf(bytes: &[u8]) -> Option<usize> {
+    find_any([b'\n'], bytes)
+}
+
+/// Index of the first of `needles` in `bytes`, a word at a time. Head lines
+/// and request targets are short: memchr's vector setup costs more than
+/// their scan.
+fn find_any<const N: usize>(needles: [u8; N], bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
     let mut rest = bytes;
     let mut at = 0;
     while let Some((word, tail)) = rest.split_first_chunk::<8>() {
-        // A zero byte of `w` is an LF. The lowest flag is exact (a borrow
-        // only ever flags bytes above a zero byte).
-        let w = u64::from_le_bytes(*word) ^ LFS;
-        let zeros = w.wrapping_sub(ONES) & !w & HIGHS;
-        if zeros != 0 {
-            return Some(at + zeros.trailing_zeros() as usize / 8);
+        let w = u64::from_le_bytes(*word);
+        // A zero byte of `w ^ needle` is that needle. The lowest flag is
+        // exact (a borrow only ever flags bytes above a zero byte).
+        let hits = needles.iter().fold(0, |hits, &needle| {
+            let x = w ^ (ONES * u64::from(needle));
+            hits | (x.wrapping_sub(ONES) & !x & HIGHS)
+        });
+        if hits != 0 {
+            return Some(at + hits.trailing_zeros() as usize / 8);
         }
         at += 8;
         rest = tail;
     }
-    rest.iter().position(|&b| b == b'\n').map(|i| at + i)
+    rest.iter()
+        .position(|b| needles.contains(b))
+        .map(|i| at + i)
 }
 
 /// Length of the empty line `bytes` begin with (LF or CR LF), if they do.
@@ -914,10 +936,10 @@ impl<'a> HeadLines<'a> {
     /// LF, and whether it is valid. None when it has no LF.
     fn line(&mut self, bytes: &'a [u8]) -> Option<(usize, Result<(), Anomaly>)> {
         let Some(start) = &self.start else {
-            let (line, rest) = split_line(bytes);
-            let len = bytes.len() - rest?.len();
-            let parsed = start_line(line, self.kind).map(|start| self.start = Some(start));
-            return Some((len, parsed));
+            let lf = find_lf(bytes)?;
+            let parsed =
+                start_line(strip_cr(&bytes[..lf]), self.kind).map(|start| self.start = Some(start));
+            return Some((lf + 1, parsed));
         };
         let (len, line) = field_line(bytes)?;
         let parsed = match line {
@@ -959,8 +981,11 @@ fn start_line(line: &[u8], kind: Option<Kind>) -> Result<StartLine, Anomaly> {
             status_line(line).ok_or(Anomaly::BadHead)?,
         )),
         (false, _) => {
-            let line = request_line(line, true).ok_or(Anomaly::BadHead)?;
-            Ok(StartLine::Request(line.head().ok_or(Anomaly::BadHead)?))
+            // Borrowed where it was made: moving it out of its Option stalls.
+            let head = request_line(line, true)
+                .as_ref()
+                .and_then(RequestLine::head);
+            Ok(StartLine::Request(head.ok_or(Anomaly::BadHead)?))
         }
     }
 }
@@ -1159,13 +1184,13 @@ fn lossy_string(bytes: &[u8]) -> String {
 /// `method SP target SP HTTP/1.x`. With `complete` false the line is a
 /// prefix (cut by the kernel) and may stop anywhere after the method.
 fn request_line(line: &[u8], complete: bool) -> Option<RequestLine<'_>> {
-    // A method is short: no need for memchr's setup.
+    // A method is short.
     let sp = line.iter().take(MAX_METHOD + 1).position(|&b| b == b' ')?;
     let (method, rest) = (&line[..sp], &line[sp + 1..]);
     if !is_method(method) {
         return None;
     }
-    let (target, after_target) = match memchr::memchr(b' ', rest) {
+    let (target, after_target) = match find_any([b' '], rest) {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None if complete => return None,
         None => (rest, None),
@@ -1234,7 +1259,7 @@ fn path_of(target: &[u8], complete: bool) -> Option<(&[u8], bool)> {
             None => return None,
         },
     };
-    let end = memchr::memchr2(b'?', b'#', path);
+    let end = find_any([b'?', b'#'], path);
     let truncated = end.is_none() && !complete;
     let path = &path[..end.unwrap_or(path.len())];
     Some((if path.is_empty() { b"/" } else { path }, truncated))
@@ -2067,6 +2092,26 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_of_two_bytes_is_found_a_word_at_a_time() {
+        for len in 0..24 {
+            for (a, b) in [(0, 0), (3, 9), (9, 3), (8, 15), (15, 7)] {
+                // Bytes just below each needle, which borrows could flag.
+                let mut bytes: Vec<u8> = (0..len)
+                    .map(|at| if at % 2 == 0 { b'>' } else { b'"' })
+                    .collect();
+                if a < len {
+                    bytes[a] = b'?';
+                }
+                if b < len {
+                    bytes[b] = b'#';
+                }
+                let want = bytes.iter().position(|&c| c == b'?' || c == b'#');
+                assert_eq!(find_any([b'?', b'#'], &bytes), want, "{bytes:?}");
             }
         }
     }

@@ -413,7 +413,7 @@ impl Aggregator {
                     status: f.status,
                     version: VersionLabel::of(f.request.version),
                 };
-                self.exchange_series(key).observe(f);
+                self.record_exchange(key, f);
                 if !f.complete {
                     self.incomplete.inc();
                 }
@@ -469,8 +469,9 @@ impl Aggregator {
         })
     }
 
-    /// The histograms of `key`, counting the label sets that overflowed.
-    fn exchange_series(&mut self, mut key: ExchangeKey) -> &mut ExchangeSeries {
+    /// Records `f` in the histograms of `key`, counting the label sets that
+    /// overflowed.
+    fn record_exchange(&mut self, mut key: ExchangeKey, f: &Finished) {
         if key.active.service.is_overflow() {
             self.series_dropped.with_label_values(&[DROP_SERVICE]).inc();
         }
@@ -483,27 +484,26 @@ impl Aggregator {
             key.active.service = ServiceId::OVERFLOW;
             key.active.target = key.active.target.to_overflow();
         }
-        let Aggregator {
-            namer,
-            server,
-            client,
-            series,
-            ..
-        } = self;
-        series.entry(key).or_insert_with(|| {
-            let mut labels = active_labels(namer, key.active);
-            labels.extend([key.status.to_string(), key.version.label().to_owned()]);
-            let family = if key.active.server_side() {
-                &*server
-            } else {
-                &*client
-            };
-            ExchangeSeries {
-                duration: family.duration.with_label_values(&labels),
-                request_body: family.request_body.with_label_values(&labels),
-                response_body: family.response_body.with_label_values(&labels),
-            }
-        })
+        // Looked up by reference: `entry` takes the key by value, a copy
+        // that stalls on the stores that just made it.
+        if let Some(series) = self.series.get_mut(&key) {
+            series.observe(f);
+            return;
+        }
+        let mut labels = active_labels(&self.namer, key.active);
+        labels.extend([key.status.to_string(), key.version.label().to_owned()]);
+        let family = if key.active.server_side() {
+            &self.server
+        } else {
+            &self.client
+        };
+        let mut series = ExchangeSeries {
+            duration: family.duration.with_label_values(&labels),
+            request_body: family.request_body.with_label_values(&labels),
+            response_body: family.response_body.with_label_values(&labels),
+        };
+        series.observe(f);
+        self.series.insert(key, series);
     }
 }
 

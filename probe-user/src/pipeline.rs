@@ -110,9 +110,11 @@ impl Pipeline {
 
     /// One ring-buffer record. Malformed records are counted, never fatal.
     pub fn on_record(&mut self, record: &[u8], filter: &mut dyn PidFilter) {
-        match event::decode(record) {
-            Ok(ev) => self.on_event(&ev, filter),
-            Err(e) => self.own.record_decode_error(&e),
+        // Matched by reference: moving the event out of the result copied
+        // it with loads wider than the stores that made it (a stall).
+        match &event::decode(record) {
+            Ok(ev) => self.on_event(ev, filter),
+            Err(e) => self.own.record_decode_error(e),
         }
     }
 
@@ -130,14 +132,8 @@ impl Pipeline {
             }
             _ => {}
         }
-        let Self {
-            tracker,
-            aggregator,
-            names,
-            tracing,
-            ..
-        } = self;
-        tracker.handle(ev, &mut Stages::new(aggregator, names, tracing));
+        let (tracker, mut stages) = self.tracker_and_stages();
+        tracker.handle(ev, &mut stages);
         self.send_spans();
         if let Event::ProcessExit { tgid } = ev {
             // After the tracker's last observations for it were named.
@@ -147,14 +143,8 @@ impl Pipeline {
 
     /// Periodic housekeeping; `now_ns` on the kernel's clock (CLOCK_MONOTONIC).
     pub fn tick(&mut self, now_ns: u64) {
-        let Self {
-            tracker,
-            aggregator,
-            names,
-            tracing,
-            ..
-        } = self;
-        tracker.expire(now_ns, &mut Stages::new(aggregator, names, tracing));
+        let (tracker, mut stages) = self.tracker_and_stages();
+        tracker.expire(now_ns, &mut stages);
         self.send_spans();
         self.own.set_connections_tracked(self.tracker.len());
         if let Some(t) = &mut self.tracing {
@@ -171,6 +161,23 @@ impl Pipeline {
         }
     }
 
+    /// The tracker, and the stages it hands observations to, borrowed apart.
+    fn tracker_and_stages(&mut self) -> (&mut Tracker, Stages<'_>) {
+        let Self {
+            tracker,
+            aggregator,
+            names,
+            tracing,
+            ..
+        } = self;
+        let stages = Stages {
+            aggregator,
+            names,
+            tracing: tracing.as_mut(),
+        };
+        (tracker, stages)
+    }
+
     fn send_spans(&mut self) {
         if let Some(t) = &mut self.tracing {
             t.send();
@@ -183,20 +190,6 @@ struct Stages<'a> {
     aggregator: &'a mut Aggregator,
     names: &'a mut Names,
     tracing: Option<&'a mut Tracing>,
-}
-
-impl<'a> Stages<'a> {
-    fn new(
-        aggregator: &'a mut Aggregator,
-        names: &'a mut Names,
-        tracing: &'a mut Option<Tracing>,
-    ) -> Self {
-        Stages {
-            aggregator,
-            names,
-            tracing: tracing.as_mut(),
-        }
-    }
 }
 
 impl Observer for Stages<'_> {
