@@ -18,6 +18,7 @@ pub const COMM_LEN: usize = 16;
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const CONNS: &str = "CONNS";
+    pub const SOCKS: &str = "SOCKS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const PORT_FILTER: &str = "PORT_FILTER";
@@ -52,9 +53,16 @@ pub struct Config {
     /// Bytes waiting in the ring buffer above which a writer wakes the reader
     /// early instead of waiting for the reader's timed drain.
     pub wakeup_bytes: u32,
+    /// Offset of `sk_shutdown` in `struct sock`, from the kernel's BTF:
+    /// tells a close from a `shutdown(SHUT_WR)`. 0 = unknown (every FIN
+    /// sent is taken for a close).
+    pub sk_shutdown_off: u32,
+    /// Offset of `sk_socket` in `struct sock`, from the kernel's BTF: NULL
+    /// once the owner has closed the socket (it is orphaned).
+    pub sk_socket_off: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
 
 /// Event kinds, the first field read by the decoder.
 pub mod kind {
@@ -68,7 +76,10 @@ pub mod kind {
     pub const PROC_EXIT: u32 = 6;
 }
 
-/// What the kernel knows of a connection's role when it first sees it.
+/// What the kernel knows of a connection's role when it first sees it. The
+/// tracepoint programs never see accept or connect (a syscall tracepoint
+/// would slow every syscall on the node), so they send `UNKNOWN` and
+/// userspace learns the side from the first head.
 pub mod role {
     /// Seen first on a read or write: userspace infers the role from content.
     pub const UNKNOWN: u32 = 0;
@@ -154,20 +165,19 @@ pub struct ConnState {
     /// reused for a new connection.
     pub sk: u64,
     pub id: u64,
-    pub role: u32,
     /// One of [`proto`].
     pub proto: u32,
     /// Payloads that did not look like HTTP while `proto` was UNKNOWN.
     pub misses: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 24);
 
 /// Per-CPU counters of the kernel side; their index in `COUNTERS`.
 pub mod counter {
     /// Records that did not fit in the ring buffer.
     pub const RINGBUF_FULL: u32 = 0;
-    /// Connections not tracked because `CONNS` was full.
+    /// Connections not tracked because `CONNS` was full, or whose close
+    /// cannot be seen because `SOCKS` was full.
     pub const CONN_TABLE_FULL: u32 = 1;
     /// Data records written to the ring buffer.
     pub const DATA_EVENTS: u32 = 2;

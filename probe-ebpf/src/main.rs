@@ -15,8 +15,11 @@
 //! bounded prefix of the payload and timestamps it. Userspace parses and
 //! pairs.
 //!
-//! Syscall tracepoints remain only where a connection starts or ends (accept,
-//! connect: the role; close: the end), not per request.
+//! No syscall tracepoint is used at all: enabling any of them puts every
+//! syscall of every process on the kernel's slow path (about 100 ns more per
+//! syscall, measured here). A connection's end comes from
+//! `sock:inet_sock_set_state` and `tcp:tcp_destroy_sock`, its side (server
+//! or client) from content.
 //!
 //! Everything not wanted is dropped as early as possible: non-TCP by
 //! family/protocol from the tracepoint itself, sonde and filtered-out
@@ -58,6 +61,8 @@ static CONFIG: Config = Config {
     v6_daddr_off: 0,
     v6_saddr_off: 0,
     wakeup_bytes: 1 << 20,
+    sk_shutdown_off: 0,
+    sk_socket_off: 0,
     _pad: 0,
 };
 
@@ -73,6 +78,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
 #[map(name = "CONNS")]
 static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(65536, 0);
+
+/// The connection each tracked socket belongs to, for the close, which
+/// names only the socket.
+#[map(name = "SOCKS")]
+static SOCKS: HashMap<u64, ConnKey> = HashMap::with_max_entries(65536, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -130,7 +140,6 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: i32 = 2;
-const EINPROGRESS: i64 = 115;
 /// iovecs looked at per call: HTTP heads sit in the first ones.
 const MAX_IOV: u32 = 4;
 /// Payloads without an HTTP prefix tolerated before a connection is given up.
@@ -337,72 +346,24 @@ fn on_sock_call(ctx: &TracePointContext, inbound: bool) {
 
 // ---------------------------------------------------------------- connections
 
-/// `sys_exit_accept{,4}`: the returned fd is a connection this process serves.
-#[tracepoint]
-pub fn exit_accept(ctx: TracePointContext) -> u32 {
-    let ret = exit_ret(&ctx);
-    if ret >= 0 {
-        track_new(ret as u32, role::SERVER);
-    }
-    0
-}
-
-/// `sys_exit_connect`: the fd (first argument) is a connection this process
-/// is the client of, unless the connect failed.
-#[tracepoint]
-pub fn exit_connect(ctx: TracePointContext) -> u32 {
-    let ret = exit_ret(&ctx);
-    if ret == 0 || ret == -EINPROGRESS {
-        if let Some(r) = user_regs() {
-            track_new(r.arg[0] as u32, role::CLIENT);
-        }
-    }
-    0
-}
-
-#[inline(always)]
-fn exit_ret(ctx: &TracePointContext) -> i64 {
-    field::<i64>(ctx, 16)
-}
-
-/// accept/connect: remember the role; the socket is looked at on first data.
-#[inline(always)]
-fn track_new(fd: u32, role: u32) {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let cfg = config();
-    if !tgid_wanted(&cfg, tgid) {
-        return;
-    }
-    let key = ConnKey { tgid, fd };
-    if let Some(old) = unsafe { CONNS.get(key) } {
-        // The fd was reused without a close we saw (dup2, exec).
-        emit_close(&cfg, &key, old);
-    }
-    let st = ConnState {
-        sk: 0,
-        id: 0,
-        role,
-        proto: proto::UNKNOWN,
-        misses: 0,
-        _pad: 0,
-    };
-    if CONNS.insert(key, st, 0).is_err() {
-        count(counter::CONN_TABLE_FULL);
-    }
-}
-
 #[inline(always)]
 fn emit_close(cfg: &Config, key: &ConnKey, st: &ConnState) {
     if st.proto != proto::HTTP1 {
         return;
     }
+    // A reset arrives in softirq context, in whatever task was running.
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = if (pid_tgid >> 32) as u32 == key.tgid {
+        pid_tgid as u32
+    } else {
+        0
+    };
     let hdr = EventHeader {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         conn_id: st.id,
         kind: kind::CONN_CLOSE,
         tgid: key.tgid,
-        tid: pid_tgid as u32,
+        tid,
         fd: key.fd,
     };
     output(cfg, &hdr);
@@ -421,19 +382,16 @@ fn new_id() -> u64 {
 }
 
 #[inline(always)]
-fn port_wanted(cfg: &Config, st: &ConnState, local: u32, peer: u32) -> bool {
+fn port_wanted(cfg: &Config, local: u32, peer: u32) -> bool {
     if cfg.ignore_peer_port != 0 && peer == cfg.ignore_peer_port {
         return false;
     }
     if cfg.filter_ports == 0 {
         return true;
     }
+    // Either end: the side (server or client) is learnt from content later.
     let has = |p: u32| unsafe { PORT_FILTER.get(p) }.is_some();
-    match st.role {
-        role::SERVER => has(local),
-        role::CLIENT => has(peer),
-        _ => has(local) || has(peer),
-    }
+    has(local) || has(peer)
 }
 
 /// Ports of a socket: `skc_dport` (network order) and `skc_num` (host order)
@@ -455,10 +413,8 @@ fn on_data(cfg: &Config, pid_tgid: u64, call: &Call, ret: u64) {
             let fresh = ConnState {
                 sk: 0,
                 id: 0,
-                role: role::UNKNOWN,
                 proto: proto::UNKNOWN,
                 misses: 0,
-                _pad: 0,
             };
             if CONNS.insert(key, fresh, 0).is_err() {
                 count(counter::CONN_TABLE_FULL);
@@ -473,16 +429,21 @@ fn on_data(cfg: &Config, pid_tgid: u64, call: &Call, ret: u64) {
     let st = unsafe { &mut *st };
     if st.sk != call.sk {
         if st.sk != 0 {
-            // Same fd, another socket: the old connection is gone.
+            // Same fd, another socket: the old connection is gone (its
+            // close was not seen, e.g. the socket lives on in a child).
             emit_close(cfg, &key, st);
-            st.role = role::UNKNOWN;
+            let _ = SOCKS.remove(st.sk);
         }
         st.sk = call.sk;
         st.id = new_id();
         st.proto = proto::UNKNOWN;
         st.misses = 0;
+        if SOCKS.insert(call.sk, key, 0).is_err() {
+            // Its close will not be seen; userspace expires it when idle.
+            count(counter::CONN_TABLE_FULL);
+        }
         let (local, peer) = sock_ports(call.sk);
-        if !port_wanted(cfg, st, local, peer) {
+        if !port_wanted(cfg, local, peer) {
             st.proto = proto::OTHER;
             return;
         }
@@ -689,7 +650,7 @@ fn emit_open(cfg: &Config, key: &ConnKey, st: &ConnState, pid_tgid: u64) {
             fd: key.fd,
         },
         family: 0,
-        role: st.role,
+        role: role::UNKNOWN,
         local_port: 0,
         peer_port: 0,
         local_addr: [0; 16],
@@ -720,29 +681,101 @@ fn emit_open(cfg: &Config, key: &ConnKey, st: &ConnState, pid_tgid: u64) {
 
 // ---------------------------------------------------------------- close
 
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
+const RCV_SHUTDOWN: u8 = 1;
+
+/// `sock:inet_sock_set_state`: a tracked connection ends when its owner
+/// closes it, or when it dies under its owner. Not a syscall tracepoint:
+/// hooking close(2) would put every syscall of every process on the kernel's
+/// slow path. The rule, by the state the socket enters:
+/// - FIN_WAIT1 or LAST_ACK with its receiving side shut: close(2) (a
+///   shutdown(SHUT_WR) sends the same FIN but the socket still reads);
+/// - CLOSE straight from an open state: a reset or an abort;
+/// - CLOSE of an orphan: the owner closed it earlier, half-closed
+///   (shutdown(SHUT_WR) then close(2), as Python's socketserver does).
+///
+/// A socket that reaches CLOSE while its owner still holds it (the peer's
+/// FIN after our own) ends at `sock_destroy`, when the owner lets it go:
+/// until then it may still read data queued before that FIN.
 #[tracepoint]
-pub fn enter_close(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let cfg = config();
-    if !tgid_wanted(&cfg, tgid) {
+pub fn sock_state(ctx: TracePointContext) -> u32 {
+    // skaddr @8, oldstate @16, newstate @20, protocol @30.
+    let newstate = field::<i32>(&ctx, 20);
+    if !(newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK || newstate == TCP_CLOSE)
+        || field::<u16>(&ctx, 30) != IPPROTO_TCP
+    {
         return 0;
     }
-    // sys_enter_close: fd @16.
-    let key = ConnKey {
-        tgid,
-        fd: field::<u64>(&ctx, 16) as u32,
+    let sk = field::<u64>(&ctx, 8);
+    let Some(key) = (unsafe { SOCKS.get(sk) }).copied() else {
+        return 0;
     };
-    if let Some(st) = unsafe { CONNS.get(key) } {
+    let cfg = config();
+    let ends = if newstate == TCP_CLOSE {
+        let oldstate = field::<i32>(&ctx, 16);
+        oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT || is_orphan(&cfg, sk)
+    } else {
+        receive_shut(&cfg, sk)
+    };
+    if ends {
+        end_conn(&cfg, sk, &key);
+    }
+    0
+}
+
+/// `tcp:tcp_destroy_sock`: the socket is freed, so whatever still tracked
+/// it is over (a socket that reached CLOSE before its owner closed it).
+#[tracepoint]
+pub fn sock_destroy(ctx: TracePointContext) -> u32 {
+    // skaddr @8.
+    let sk = field::<u64>(&ctx, 8);
+    if let Some(key) = (unsafe { SOCKS.get(sk) }).copied() {
+        end_conn(&config(), sk, &key);
+    }
+    0
+}
+
+/// Has the socket's receiving side been shut (by close(2), or by the peer's
+/// FIN)? Without the offset, every FIN sent is taken for a close.
+#[inline(always)]
+fn receive_shut(cfg: &Config, sk: u64) -> bool {
+    if cfg.sk_shutdown_off == 0 {
+        return true;
+    }
+    let shutdown: u8 =
+        unsafe { bpf_probe_read_kernel((sk + cfg.sk_shutdown_off as u64) as *const u8) }
+            .unwrap_or(RCV_SHUTDOWN);
+    shutdown & RCV_SHUTDOWN != 0
+}
+
+/// Has the owner closed the socket? close(2) detaches it from its `struct
+/// socket`.
+#[inline(always)]
+fn is_orphan(cfg: &Config, sk: u64) -> bool {
+    let socket: u64 =
+        unsafe { bpf_probe_read_kernel((sk + cfg.sk_socket_off as u64) as *const u64) }
+            .unwrap_or(1);
+    socket == 0
+}
+
+fn end_conn(cfg: &Config, sk: u64, key: &ConnKey) {
+    let _ = SOCKS.remove(sk);
+    if let Some(st) = unsafe { CONNS.get(*key) } {
+        if st.sk != sk {
+            return;
+        }
         if st.proto == proto::UNKNOWN && st.misses > 0 {
             // Closed before it could be given up (a TLS handshake that
             // failed, a probe sending garbage): it was not HTTP either.
             count(counter::NOT_HTTP);
         }
-        emit_close(&cfg, &key, st);
-        let _ = CONNS.remove(key);
+        emit_close(cfg, key, st);
+        let _ = CONNS.remove(*key);
     }
-    0
 }
 
 // ---------------------------------------------------------------- processes

@@ -173,17 +173,24 @@ impl Btf {
     }
 }
 
-/// Offsets of the IPv6 address fields in `struct sock_common`.
+/// Offsets in `struct sock_common` (IPv6 addresses) and `struct sock`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOffsets {
     pub v6_daddr: u32,
     pub v6_rcv_saddr: u32,
+    /// `sk_shutdown` in `struct sock`, 0 if unknown.
+    pub sk_shutdown: u32,
+    /// `sk_socket` in `struct sock`.
+    pub sk_socket: u32,
 }
 
 pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
     Ok(SockOffsets {
         v6_daddr: btf.member_offset("sock_common", "skc_v6_daddr")?,
         v6_rcv_saddr: btf.member_offset("sock_common", "skc_v6_rcv_saddr")?,
+        // Optional: without it a shutdown(SHUT_WR) is taken for a close.
+        sk_shutdown: btf.member_offset("sock", "sk_shutdown").unwrap_or(0),
+        sk_socket: btf.member_offset("sock", "sk_socket")?,
     })
 }
 

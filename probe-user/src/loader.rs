@@ -26,13 +26,8 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
     ("sock_recv", "sock", &["sock_recv_length"]),
     ("sock_send", "sock", &["sock_send_length"]),
-    (
-        "exit_accept",
-        "syscalls",
-        &["sys_exit_accept", "sys_exit_accept4"],
-    ),
-    ("exit_connect", "syscalls", &["sys_exit_connect"]),
-    ("enter_close", "syscalls", &["sys_enter_close"]),
+    ("sock_state", "sock", &["inet_sock_set_state"]),
+    ("sock_destroy", "tcp", &["tcp_destroy_sock"]),
     ("process_exit", "sched", &["sched_process_exit"]),
     ("process_fork", "sched", &["sched_process_fork"]),
     ("process_exec", "sched", &["sched_process_exec"]),
@@ -97,6 +92,7 @@ pub struct Probe {
     _ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     conns: BpfHashMap<MapData, ConnKey, ConnState>,
+    socks: BpfHashMap<MapData, u64, ConnKey>,
     pid_filter: BpfHashMap<MapData, u32, u32>,
     attached: usize,
 }
@@ -133,12 +129,15 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         v6_saddr_off: off.v6_rcv_saddr,
         // Wake the reader early once an eighth of the buffer is waiting.
         wakeup_bytes: s.ringbuf_bytes / 8,
+        sk_shutdown_off: off.sk_shutdown,
+        sk_socket_off: off.sk_socket,
         _pad: 0,
     };
     let mut ebpf = EbpfLoader::new()
         .override_global(globals::CONFIG, &config, true)
         .map_max_entries(maps::EVENTS, s.ringbuf_bytes)
         .map_max_entries(maps::CONNS, s.max_connections)
+        .map_max_entries(maps::SOCKS, s.max_connections)
         .load(OBJECT)
         .map_err(|e| LoadError::Load(error_chain(&e)))?;
 
@@ -166,6 +165,8 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         .map_err(|_| LoadError::Map(maps::COUNTERS))?;
     let conns = BpfHashMap::try_from(take(&mut ebpf, maps::CONNS)?)
         .map_err(|_| LoadError::Map(maps::CONNS))?;
+    let socks = BpfHashMap::try_from(take(&mut ebpf, maps::SOCKS)?)
+        .map_err(|_| LoadError::Map(maps::SOCKS))?;
     let pid_filter = BpfHashMap::try_from(take(&mut ebpf, maps::PID_FILTER)?)
         .map_err(|_| LoadError::Map(maps::PID_FILTER))?;
     let mut port_filter: BpfHashMap<MapData, u32, u32> =
@@ -180,6 +181,7 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         _ebpf: ebpf,
         counters,
         conns,
+        socks,
         pid_filter,
         attached,
     };
@@ -320,16 +322,31 @@ impl Probe {
         }
     }
 
-    /// Deletes the connections of processes that exited (their fds were
-    /// closed without close(2)). Returns how many were removed.
+    /// Deletes the connections of processes that exited (their sockets may
+    /// live on in other processes, or their close went unseen). Returns how
+    /// many entries were removed.
     pub fn sweep(&mut self, process_alive: impl Fn(u32) -> bool) -> usize {
-        let dead: HashSet<ConnKey> = self
+        let dead_conns: HashSet<ConnKey> = self
             .conns
             .keys()
             .filter_map(Result::ok)
             .filter(|k| !process_alive(k.tgid))
             .collect();
-        dead.iter().filter(|k| self.conns.remove(k).is_ok()).count()
+        let dead_socks: HashSet<u64> = self
+            .socks
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, k)| !process_alive(k.tgid))
+            .map(|(sk, _)| sk)
+            .collect();
+        dead_conns
+            .iter()
+            .filter(|k| self.conns.remove(k).is_ok())
+            .count()
+            + dead_socks
+                .iter()
+                .filter(|sk| self.socks.remove(sk).is_ok())
+                .count()
     }
 }
 

@@ -10,15 +10,14 @@ use sonde_tests::process::{free_port, poll, run_to_exit, Finished};
 use sonde_tests::sonde::{sonde_bin, Sonde};
 
 /// Every program sonde loads (bpftool shows names cut to 15 bytes; these fit).
-const SONDE_PROGRAMS: [&str; 8] = [
-    "enter_close",
-    "exit_accept",
-    "exit_connect",
+const SONDE_PROGRAMS: [&str; 7] = [
     "process_exec",
     "process_exit",
     "process_fork",
+    "sock_destroy",
     "sock_recv",
     "sock_send",
+    "sock_state",
 ];
 /// After sonde exits, the kernel frees its programs and maps asynchronously.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);

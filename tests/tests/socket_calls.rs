@@ -4,7 +4,7 @@
 //! tests pin down the calls around that path: `sendfile` (no user buffer),
 //! `MSG_PEEK` (bytes seen twice by the socket layer, consumed once), a call
 //! sonde cannot decode (`splice`), which must be counted, not guessed, and
-//! the end of a connection.
+//! the end of a connection, seen as the socket's state change.
 use std::io::{BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -168,7 +168,8 @@ fn spliced_writes_are_counted_as_unsupported() {
 }
 
 /// A response framed by the end of the connection (HTTP/1.0, no length)
-/// ends when its server closes, and is timed to that close.
+/// ends when its server closes: the close comes from the socket's state
+/// change, not from a close(2) hook, and still times the response to it.
 #[test]
 fn close_delimited_response_ends_at_the_servers_close() {
     const PAUSE: Duration = Duration::from_millis(300);
