@@ -7,6 +7,7 @@ mod bench;
 mod children;
 mod cmd;
 mod demo;
+mod deploy_checks;
 mod http_get;
 mod run;
 mod setup;
