@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::{cmd, deploy_checks, setup, workspace};
+use crate::{cmd, manifests, prometheus_rules, setup, workspace};
 
 #[derive(Clone, Copy)]
 pub struct Selection {
@@ -96,7 +96,8 @@ pub fn test(selection: Selection) -> Result<bool> {
         ]);
         results.push(("unit tests", step(&mut unit)));
 
-        results.push(("prometheus rules", timed(deploy_checks::prometheus_rules)));
+        results.push(("prometheus rules", timed(prometheus_rules::check)));
+        results.push(("kubernetes manifests", timed(manifests::check)));
     }
 
     if selection.e2e {

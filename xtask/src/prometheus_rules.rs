@@ -1,6 +1,5 @@
-//! The deploy/ files checked by their own tools, as steps of `cargo xtask
-//! test`: Prometheus rules by promtool (syntax, then the unit tests of
-//! deploy/prometheus/tests).
+//! deploy/prometheus checked by promtool: the rules' syntax, then their unit
+//! tests in deploy/prometheus/tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +10,7 @@ use crate::{cmd, workspace};
 
 /// `promtool check rules` on every rule file, then `promtool test rules` on
 /// every unit test of them.
-pub fn prometheus_rules() -> Result<()> {
+pub fn check() -> Result<()> {
     let dir = workspace::root().join("deploy/prometheus");
     let rules = yaml_files(&dir)?;
     let tests = yaml_files(&dir.join("tests"))?;
