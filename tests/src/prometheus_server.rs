@@ -172,6 +172,21 @@ impl PrometheusServer {
             .collect()
     }
 
+    /// The values of `label` on the series `selector` selects, as Grafana's
+    /// `label_values(selector, label)` asks for them.
+    pub fn label_values(&self, label: &str, selector: &str) -> Result<Vec<String>> {
+        let path = format!(
+            "/api/v1/label/{label}/values?match[]={}",
+            percent_encode(selector)
+        );
+        self.api(&path)?
+            .as_array()
+            .context("label values are not an array")?
+            .iter()
+            .map(|v| Ok(v.as_str().context("label value")?.to_owned()))
+            .collect()
+    }
+
     /// Queries `expr` until `condition` holds on its answer, or panics after
     /// `timeout` describing `what` with the last answer.
     pub fn await_query(

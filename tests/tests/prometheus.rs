@@ -2,6 +2,7 @@
 //! deploy/prometheus loaded: its HTTP API answers what the traffic implies,
 //! a 5xx burst puts the error-ratio alert in ALERTS, and every panel of
 //! deploy/grafana/sonde-dashboard.json returns data.
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -203,8 +204,44 @@ fn prometheus_rules_and_dashboard_on_real_traffic() {
         }
     }
     assert!(checked >= 2 * 15, "only {checked} panel queries found");
+
+    // The service and route variables list what the traffic made.
+    let variables = variable_queries(&dashboard);
+    let values = |name: &str| {
+        let (selector, label) = &variables[name];
+        let selector = selector.replace("$service", &svc);
+        prometheus
+            .label_values(label, &selector)
+            .unwrap_or_else(|e| panic!("variable {name}: {e:?}"))
+    };
+    assert_eq!(values("service"), [svc.as_str()]);
+    assert_eq!(values("route"), ["/boom", "/fast", "/sleep"]);
     drop((fast, slow));
     sonde.stop();
+}
+
+/// `name: (selector, label)` of each `label_values(selector, label)`
+/// template variable.
+fn variable_queries(dashboard: &Value) -> BTreeMap<String, (String, String)> {
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    variables
+        .iter()
+        .filter(|v| v["type"] == "query")
+        .map(|v| {
+            let name = v["name"].as_str().expect("a variable has a name");
+            let query = v["query"]["query"]
+                .as_str()
+                .expect("a query variable has a query");
+            let arguments = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("variable {name}: {query} is not label_values(…)"));
+            let (selector, label) = arguments.rsplit_once(", ").expect("two arguments");
+            (name.to_owned(), (selector.to_owned(), label.to_owned()))
+        })
+        .collect()
 }
 
 /// `(panel title, PromQL)` of every target of every panel, rows included.
