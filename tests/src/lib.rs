@@ -4,7 +4,7 @@
 //! tests assert exact values scraped from sonde's `/metrics`.
 //!
 //! They need root, a kernel with BTF, and the tools `cargo xtask setup`
-//! installs (nginx, wrk, curl; python3 and node). Run them with
+//! installs (nginx, wrk, curl, prometheus; python3 and node). Run them with
 //!
 //! ```text
 //! cargo xtask test
@@ -23,12 +23,14 @@
 //! `target/release/sonde`; `SONDE_TEST_PYTHON` overrides the interpreter.
 //!
 //! This library is the harness: `prom` parses the exposition, `sonde` runs
-//! the daemon, `servers` and `clients` make the traffic, `process` keeps
-//! every spawned process tied to a guard that ends it when a test fails.
+//! the daemon, `prometheus_server` runs a Prometheus that scrapes it,
+//! `servers` and `clients` make the traffic, `process` keeps every spawned
+//! process tied to a guard that ends it when a test fails.
 pub mod clients;
 pub mod names;
 pub mod otlp_receiver;
 pub mod process;
 pub mod prom;
+pub mod prometheus_server;
 pub mod servers;
 pub mod sonde;

@@ -8,6 +8,8 @@ mod children;
 mod cmd;
 mod demo;
 mod http_get;
+mod manifests;
+mod prometheus_rules;
 mod run;
 mod setup;
 mod summary;

@@ -46,7 +46,15 @@ const APT_PACKAGES: &[(&str, Scope)] = &[
     ("python3", Scope::Everything),
     // The bench chart's font (xtask/src/bench/chart.rs).
     ("fonts-dejavu-core", Scope::Everything),
+    // promtool checks and unit-tests deploy/prometheus; the server scrapes
+    // sonde in the end-to-end test of those rules and of the dashboard.
+    ("prometheus", Scope::Everything),
 ];
+
+/// Validates the rendered deploy/kubernetes objects against the Kubernetes
+/// API schemas; PyPI's, as Debian does not package it. Pinned, so the
+/// schemas checked against change only when this line does.
+const KUBERNETES_VALIDATE: (&str, &str) = ("kubernetes-validate", "1.37.0");
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -61,6 +69,7 @@ enum Action {
     BpfLinker,
     MountTracefs,
     MountBpffs,
+    PipInstall(&'static str, &'static str),
 }
 
 pub fn ensure(scope: Scope, root: Root) -> Result<()> {
@@ -128,6 +137,11 @@ fn missing(scope: Scope) -> Result<Vec<Action>> {
     }
 
     if scope == Scope::Everything {
+        let (name, version) = KUBERNETES_VALIDATE;
+        let installed = cmd::stdout_if_ok(Command::new(name).arg("--version")).unwrap_or_default();
+        if installed.trim() != version {
+            actions.push(Action::PipInstall(name, version));
+        }
         if !Path::new(TRACEFS).join("events").exists() {
             actions.push(Action::MountTracefs);
         }
@@ -193,6 +207,7 @@ impl fmt::Display for Action {
             Action::BpfLinker => write!(f, "install bpf-linker {BPF_LINKER_VERSION}"),
             Action::MountTracefs => write!(f, "mount tracefs at {TRACEFS}"),
             Action::MountBpffs => write!(f, "mount bpffs at {BPFFS}"),
+            Action::PipInstall(name, version) => write!(f, "pip install {name}=={version}"),
         }
     }
 }
@@ -245,6 +260,13 @@ fn perform(action: &Action) -> Result<()> {
             cmd::run(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))
         }
         Action::MountBpffs => cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS])),
+        // The interpreter the tests run (`python3` on PATH), so the tool's
+        // own modules (yaml, jsonschema) are importable there too.
+        Action::PipInstall(name, version) => cmd::run(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet"])
+                .arg(format!("{name}=={version}")),
+        ),
     }
 }
 

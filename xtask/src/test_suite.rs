@@ -1,16 +1,17 @@
 //! `cargo xtask test`, what CI runs: formatting, lints, unit tests, the
-//! release build and the privileged end-to-end tests against the real
-//! kernel, then a quick bench that asserts sonde's counts under load.
-//! Independent steps all run even after a failure, and test runs go on past
-//! failing test binaries, so one CI run reports every problem; the
-//! end-to-end tests and the bench need the release build.
+//! checks of deploy/ by their own tools, the release build and the
+//! privileged end-to-end tests against the real kernel, then a quick bench
+//! that asserts sonde's counts under load. Independent steps all run even
+//! after a failure, and test runs go on past failing test binaries, so one
+//! CI run reports every problem; the end-to-end tests and the bench need the
+//! release build.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::{cmd, setup, workspace};
+use crate::{cmd, manifests, prometheus_rules, setup, workspace};
 
 #[derive(Clone, Copy)]
 pub struct Selection {
@@ -94,6 +95,9 @@ pub fn test(selection: Selection) -> Result<bool> {
             "probe-ebpf",
         ]);
         results.push(("unit tests", step(&mut unit)));
+
+        results.push(("prometheus rules", timed(prometheus_rules::check)));
+        results.push(("kubernetes manifests", timed(manifests::check)));
     }
 
     if selection.e2e {
@@ -153,9 +157,14 @@ pub fn test(selection: Selection) -> Result<bool> {
 
 /// Runs one step with its output streaming through, and times it.
 fn step(command: &mut Command) -> Outcome {
+    timed(|| cmd::run(command))
+}
+
+/// Runs a step made of several commands, and times it.
+fn timed(run: impl FnOnce() -> Result<()>) -> Outcome {
     eprintln!();
     let started = Instant::now();
-    match cmd::run(command) {
+    match run() {
         Ok(()) => Outcome::Passed(started.elapsed()),
         Err(err) => {
             eprintln!("{err:#}");
