@@ -210,6 +210,16 @@ impl Sonde {
     }
 
     /// `signal`, and asserts sonde exits by itself with code 0.
+    /// SIGKILL: sonde gets no chance to detach; waits until it is gone.
+    pub fn kill(mut self) {
+        let (status, _) = self.process.end_with(libc::SIGKILL);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "sonde was not ended by SIGKILL: {status:?}"
+        );
+    }
+
     pub fn stop_on(mut self, signal: libc::c_int) {
         let (status, killed) = self.process.end_with(signal);
         let name = match signal {

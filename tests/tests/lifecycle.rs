@@ -1,12 +1,16 @@
 //! sonde's life as a daemon: SIGTERM and SIGINT unload every eBPF program
-//! and exit 0, the health endpoints answer, and start-up failures (not
-//! privileged, metrics port taken) end in one clear stderr line.
+//! and exit 0, SIGKILL leaves nothing behind either and a new sonde takes
+//! over, the health endpoints answer, and start-up failures (not privileged,
+//! metrics port taken) end in one clear stderr line.
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
+use sonde_tests::clients::HttpConn;
+use sonde_tests::names::{self, SERVER_DURATION_COUNT};
 use sonde_tests::process::{free_port, poll, run_to_exit, Finished};
+use sonde_tests::servers;
 use sonde_tests::sonde::{sonde_bin, Sonde};
 
 /// Every program sonde loads (bpftool shows names cut to 15 bytes; these fit).
@@ -51,6 +55,32 @@ fn loaded(kind: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// Every BPF link in the kernel as (link id, program id), from
+/// `bpftool -j link show`.
+fn link_programs() -> Vec<(u64, u64)> {
+    let output = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("run bpftool (installed by `cargo xtask setup`)");
+    assert!(output.status.success(), "bpftool link show: {output:?}");
+    let json = String::from_utf8(output.stdout).expect("bpftool prints UTF-8");
+    let number_after = |text: &str, key: &str| -> Option<u64> {
+        let (_, rest) = text.split_once(key)?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    json.split("{\"id\":")
+        .skip(1)
+        .filter_map(|object| {
+            let link = number_after(object, "")?;
+            let prog = number_after(object, "\"prog_id\":")?;
+            Some((link, prog))
+        })
+        .collect()
+}
+
 /// The ids of the BPF objects process `pid` holds open, from the `key` line
 /// ("prog_id" or "map_id") of its fds' fdinfo.
 fn held_ids(pid: u32, key: &str) -> BTreeSet<u64> {
@@ -67,43 +97,78 @@ fn held_ids(pid: u32, key: &str) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Starts sonde, checks it has loaded exactly its programs, stops it with
-/// `signal` (asserting exit code 0), and checks none of its programs and
-/// maps remain. Ids, not names, so other sondes on the machine don't count.
-fn assert_unloads_on(signal: libc::c_int) {
-    let sonde = Sonde::watching_ports(&[free_port()]);
-    let programs = held_ids(sonde.pid(), "prog_id");
-    let maps = held_ids(sonde.pid(), "map_id");
-    let mut names: Vec<String> = loaded("prog")
-        .into_iter()
-        .filter(|(id, _)| programs.contains(id))
-        .map(|(_, name)| name)
-        .collect();
-    names.sort();
-    assert_eq!(names, SONDE_PROGRAMS, "programs loaded by sonde");
-    assert!(!maps.is_empty(), "sonde holds no BPF maps");
+/// What one sonde holds in the kernel: its programs and maps (ids).
+struct Held {
+    programs: BTreeSet<u64>,
+    maps: BTreeSet<u64>,
+}
 
-    sonde.stop_on(signal);
-    let remaining = || {
-        let programs: Vec<(u64, String)> = loaded("prog")
+impl Held {
+    /// Checks sonde has loaded exactly its programs, and notes what it holds.
+    fn by(sonde: &Sonde) -> Held {
+        let programs = held_ids(sonde.pid(), "prog_id");
+        let mut names: Vec<String> = loaded("prog")
             .into_iter()
             .filter(|(id, _)| programs.contains(id))
+            .map(|(_, name)| name)
             .collect();
-        let maps: Vec<(u64, String)> = loaded("map")
-            .into_iter()
-            .filter(|(id, _)| maps.contains(id))
-            .collect();
-        (programs, maps)
-    };
-    let released = poll(RELEASE_TIMEOUT, Duration::from_millis(50), || {
-        let (programs, maps) = remaining();
-        (programs.is_empty() && maps.is_empty()).then_some(())
-    });
-    let (programs, maps) = remaining();
-    assert!(
-        released.is_some(),
-        "{RELEASE_TIMEOUT:?} after sonde exited, still loaded: programs {programs:?}, maps {maps:?}"
-    );
+        names.sort();
+        assert_eq!(names, SONDE_PROGRAMS, "programs loaded by sonde");
+        let held = Held {
+            programs,
+            maps: held_ids(sonde.pid(), "map_id"),
+        };
+        assert!(!held.maps.is_empty(), "sonde holds no BPF maps");
+        let linked: BTreeSet<u64> = link_programs().into_iter().map(|(_, p)| p).collect();
+        assert!(
+            held.programs.is_subset(&linked),
+            "some of sonde's programs {:?} are attached by no link",
+            held.programs
+        );
+        held
+    }
+
+    /// Waits until the kernel has released all of it, and no BPF link still
+    /// runs one of its programs, after sonde ended. Ids, not names, so other
+    /// sondes on the machine don't count.
+    fn assert_released(&self) {
+        let remaining = || {
+            let still = |kind: &str, ids: &BTreeSet<u64>| -> Vec<String> {
+                loaded(kind)
+                    .into_iter()
+                    .filter(|(id, _)| ids.contains(id))
+                    .map(|(id, name)| format!("{kind} {id} {name}"))
+                    .collect()
+            };
+            let links: Vec<String> = link_programs()
+                .into_iter()
+                .filter(|(_, prog)| self.programs.contains(prog))
+                .map(|(link, prog)| format!("link {link} to prog {prog}"))
+                .collect();
+            [
+                still("prog", &self.programs),
+                still("map", &self.maps),
+                links,
+            ]
+        };
+        let released = poll(RELEASE_TIMEOUT, Duration::from_millis(50), || {
+            remaining().iter().all(Vec::is_empty).then_some(())
+        });
+        assert!(
+            released.is_some(),
+            "{RELEASE_TIMEOUT:?} after sonde ended, still loaded: {:?}",
+            remaining()
+        );
+    }
+}
+
+/// Starts sonde, stops it with `signal` (asserting exit code 0), and checks
+/// none of its programs, maps and links remain.
+fn assert_unloads_on(signal: libc::c_int) {
+    let sonde = Sonde::watching_ports(&[free_port()]);
+    let held = Held::by(&sonde);
+    sonde.stop_on(signal);
+    held.assert_released();
 }
 
 #[test]
@@ -114,6 +179,39 @@ fn sigterm_unloads_every_program_and_exits_0() {
 #[test]
 fn sigint_unloads_every_program_and_exits_0() {
     assert_unloads_on(libc::SIGINT);
+}
+
+/// SIGKILL gives sonde no chance to detach: the kernel still releases all it
+/// held when its fds close with it, and a new sonde on the same port starts
+/// and counts from scratch.
+#[test]
+fn sigkill_leaves_nothing_behind_and_a_new_sonde_takes_over() {
+    let server = servers::python();
+    let svc = server.service_name();
+    let sonde = Sonde::watching_ports(&[server.port()]);
+    let held = Held::by(&sonde);
+    let mut conn = HttpConn::connect(server.port()).unwrap();
+    assert_eq!(conn.get("/fast").unwrap().status, 200);
+    sonde.await_value(
+        SERVER_DURATION_COUNT,
+        &names::server(&svc, "GET", "/fast", "200"),
+        1.0,
+    );
+    sonde.kill();
+    held.assert_released();
+
+    let sonde = Sonde::watching_ports(&[server.port()]);
+    Held::by(&sonde);
+    // The same keep-alive connection, older than this sonde, and a new one.
+    assert_eq!(conn.get("/fast").unwrap().status, 200);
+    let mut fresh = HttpConn::connect(server.port()).unwrap();
+    assert_eq!(fresh.get("/fast").unwrap().status, 200);
+    sonde.await_value(
+        SERVER_DURATION_COUNT,
+        &names::server(&svc, "GET", "/fast", "200"),
+        2.0,
+    );
+    sonde.stop();
 }
 
 #[test]
