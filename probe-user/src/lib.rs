@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod cli;
 pub mod clock;
+pub mod config_file;
 pub mod conn;
 pub mod event;
 pub mod exchange;
