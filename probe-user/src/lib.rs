@@ -19,5 +19,6 @@ pub mod pipeline;
 pub mod process;
 pub mod route;
 pub mod server;
+pub mod settings;
 pub mod source;
 pub mod trace;
