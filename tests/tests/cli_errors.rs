@@ -163,6 +163,31 @@ fn a_bad_config_entry_names_the_file_place_and_key() {
     }
 }
 
+/// The standard OpenTelemetry endpoint variables are checked too, once the
+/// metrics address is bound (hence a free one).
+#[test]
+fn a_bad_otel_endpoint_names_the_variable() {
+    for (variable, value, reason) in [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "collector:4317",
+            "`collector:4317` is not an http:// URL with a host",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://collector:4318",
+            "`https://collector:4318`: https needs TLS, which this build of sonde does not include; use http://",
+        ),
+    ] {
+        let given = Given {
+            args: &["--metrics-addr", "127.0.0.1:0"],
+            env: &[(variable, value)],
+            config: None,
+        };
+        assert_refused(&given, &format!("{variable}: {reason}"));
+    }
+}
+
 #[test]
 fn a_config_file_that_is_not_settings() {
     for (config, expected) in [
