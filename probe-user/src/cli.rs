@@ -1,7 +1,9 @@
-//! Command line of the daemon. Every flag is also an environment variable
-//! (`SONDE_*`), so the same binary is configured the same way on a laptop and
-//! in a Kubernetes manifest.
-use std::{net::SocketAddr, time::Duration};
+//! Command line of the daemon: the definition of every setting, its
+//! default and the parser of its value. Every flag is also an environment
+//! variable (`SONDE_*`) and a key of the config file, so the same binary is
+//! configured the same way on a laptop and in a Kubernetes manifest;
+//! `settings` resolves them.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use regex::Regex;
@@ -16,6 +18,12 @@ use crate::otlp;
              sonde serves them as Prometheus RED metrics and, optionally, as OTLP spans."
 )]
 pub struct Cli {
+    /// YAML file of settings, keyed by long flag name (`metrics-addr:
+    /// "0.0.0.0:9464"`, `port: [8080, 9090]`). Flags and SONDE_* variables
+    /// override it.
+    #[arg(long, env = "SONDE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to serve /metrics, /healthz and /readyz on.
     #[arg(long, env = "SONDE_METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: SocketAddr,
@@ -42,7 +50,7 @@ pub struct Cli {
 
     /// Log level or tracing filter (error, warn, info, debug, trace, or
     /// e.g. `sonde=debug`).
-    #[arg(long, env = "SONDE_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "SONDE_LOG_LEVEL", default_value = "info", value_parser = parse_log_filter)]
     pub log_level: String,
 
     /// How often the ring buffer is drained when the kernel has not woken
@@ -116,22 +124,36 @@ impl Cli {
 }
 
 fn parse_regex(s: &str) -> Result<Regex, String> {
-    Regex::new(s).map_err(|e| format!("not a valid regular expression: {e}"))
+    Regex::new(s).map_err(|e| {
+        // A syntax error is drawn over several lines, the pattern with a
+        // caret under the fault; the last line says what the fault is.
+        let text = e.to_string();
+        let reason = text.lines().rev().find(|l| !l.trim().is_empty());
+        let reason = reason.unwrap_or(&text).trim().trim_start_matches("error: ");
+        format!("not a valid regular expression: {reason}")
+    })
+}
+
+/// A filter as `tracing_subscriber::EnvFilter` reads it, checked here so a
+/// bad one is reported like any other bad value.
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    match tracing_subscriber::EnvFilter::try_new(s) {
+        Ok(_) => Ok(s.to_owned()),
+        Err(e) => Err(format!("not a level or tracing filter: {e}")),
+    }
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!("`{s}` is not a ratio from 0 to 1")),
+        _ => Err("not a ratio from 0 to 1".to_owned()),
     }
 }
 
 fn parse_pow2_mib(s: &str) -> Result<u32, String> {
-    let n: u32 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of MiB"))?;
+    let n: u32 = s.parse().map_err(|_| "not a number of MiB".to_owned())?;
     if !(1..=1024).contains(&n) || !n.is_power_of_two() {
-        return Err(format!("{n} MiB: must be a power of two from 1 to 1024"));
+        return Err("not a power of two from 1 to 1024".to_owned());
     }
     Ok(n)
 }
@@ -139,24 +161,42 @@ fn parse_pow2_mib(s: &str) -> Result<u32, String> {
 /// Parsing as the binary does, with `SONDE_*` variables set for the call.
 #[cfg(test)]
 pub(crate) mod test_env {
-    use std::sync::Mutex;
-
-    use clap::Parser as _;
+    use std::{io, sync::Mutex};
 
     use super::Cli;
+    use crate::settings::{self, SettingsError};
 
     /// The environment is process-wide and tests run on several threads:
     /// every parse in the tests goes through here, one at a time. Only
     /// `SONDE_*` variables are set, which nothing but the parser reads.
     static ENV: Mutex<()> = Mutex::new(());
 
-    pub(crate) fn parse_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, clap::Error> {
+    pub(crate) fn parse_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Cli, SettingsError> {
+        parse_with(args, env, None)
+    }
+
+    /// With `config` as the text of the config file, whatever its path
+    /// (`None`: there is no such file).
+    pub(crate) fn parse_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        config: Option<&str>,
+    ) -> Result<Cli, SettingsError> {
         let _one_at_a_time = ENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for (name, value) in env {
             assert!(name.starts_with("SONDE_"), "{name}: only SONDE_* variables");
             std::env::set_var(name, value);
         }
-        let parsed = Cli::try_parse_from(std::iter::once("sonde").chain(args.iter().copied()));
+        let read = |_: &std::path::Path| {
+            config
+                .map(str::to_owned)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        };
+        let parsed =
+            settings::resolve_with(std::iter::once("sonde").chain(args.iter().copied()), &read);
         for (name, _) in env {
             std::env::remove_var(name);
         }
@@ -168,8 +208,9 @@ pub(crate) mod test_env {
 mod tests {
     use super::test_env::parse_with_env;
     use super::*;
+    use crate::settings::SettingsError;
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    fn parse(args: &[&str]) -> Result<Cli, SettingsError> {
         parse_with_env(args, &[])
     }
 
@@ -241,7 +282,7 @@ mod tests {
         let empty = parse_with_env(&[], &[("SONDE_OTLP_ENDPOINT", "")]).unwrap_err();
         let empty = empty.to_string();
         assert!(
-            empty.contains("--otlp-endpoint") && empty.contains("unset"),
+            empty.starts_with("SONDE_OTLP_ENDPOINT: ") && empty.contains("unset"),
             "{empty}"
         );
     }

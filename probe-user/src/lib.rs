@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod cli;
 pub mod clock;
+pub mod config_file;
 pub mod conn;
 pub mod event;
 pub mod exchange;
@@ -18,5 +19,6 @@ pub mod pipeline;
 pub mod process;
 pub mod route;
 pub mod server;
+pub mod settings;
 pub mod source;
 pub mod trace;

@@ -1,8 +1,9 @@
-//! `sonde`: parse flags, serve the endpoints, load and attach the kernel
-//! programs, run the pipeline until SIGINT/SIGTERM, then detach and exit 0.
+//! `sonde`: resolve the settings (flags, `SONDE_*` variables, config file),
+//! serve the endpoints, load and attach the kernel programs, run the pipeline
+//! until SIGINT/SIGTERM, then detach and exit 0.
 //!
-//! Every failure a user can cause or meet (a bad flag, not root, no BTF, a
-//! port in use) ends in one line on stderr and a non-zero exit, never a panic.
+//! Every failure a user can cause or meet (a bad flag, variable or config
+//! entry, not root, no BTF, a port in use) ends in one line on stderr and a non-zero exit, never a panic.
 use std::{
     process::ExitCode,
     sync::{atomic::AtomicBool, Arc},
@@ -10,7 +11,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use prometheus::Registry;
 use sonde::{
     cli::Cli,
@@ -22,12 +22,13 @@ use sonde::{
     process::{Names, ProcFs},
     route::Limits,
     server::{MetricsServer, Probes},
+    settings::{self, SettingsError},
     source::RingBufSource,
     trace::{self, Assembler},
 };
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Exit code for usage errors (flags, environment), as clap uses.
+/// Exit code for usage errors (flags, environment, config file), as clap uses.
 const USAGE: u8 = 2;
 
 /// A configuration error found after parsing (an `OTEL_*` variable).
@@ -36,30 +37,20 @@ const USAGE: u8 = 2;
 struct UsageError(String);
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match settings::resolve(std::env::args_os()) {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
+        Err(SettingsError::CommandLine(e)) if !e.use_stderr() => {
             // --help, --version
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments");
-            eprintln!("sonde: {}", first.trim_start_matches("error: "));
+            eprintln!("sonde: {e}");
             return ExitCode::from(USAGE);
         }
     };
-    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!(
-                "sonde: invalid value '{}' for '--log-level': {e}",
-                cli.log_level
-            );
-            return ExitCode::from(USAGE);
-        }
-    };
+    // The filter was checked when the settings were read.
+    let filter = tracing_subscriber::EnvFilter::new(&cli.log_level);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
