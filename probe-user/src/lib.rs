@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod otlp_metrics;
 pub mod pipeline;
+pub mod privilege;
 pub mod process;
 pub mod route;
 pub mod server;

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use prometheus::Registry;
 use sonde::{
     cli::Cli,
@@ -19,9 +20,10 @@ use sonde::{
     metrics::{Aggregator, AggregatorConfig, SelfMetrics},
     otlp, otlp_metrics,
     pipeline::{self, Pipeline, Tracing},
+    privilege,
     process::{Names, ProcFs},
     route::Limits,
-    server::{MetricsServer, Probes},
+    server::{MetricsListener, MetricsServer, Probes},
     settings::{self, SettingsError},
     source::RingBufSource,
     trace::{self, Assembler},
@@ -70,50 +72,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Everything that needs privilege happens first, on sonde's only thread:
+/// bind the metrics port, load and attach the programs, then drop every
+/// capability no longer needed. The async runtime's threads start after,
+/// with the reduced set.
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("sonde-http")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(serve(cli))
-}
-
-async fn serve(cli: Cli) -> anyhow::Result<()> {
-    let registry = Registry::new();
-    let own =
-        SelfMetrics::new(&registry, env!("CARGO_PKG_VERSION")).context("registering metrics")?;
-    let aggregator = Aggregator::new(
-        &registry,
-        AggregatorConfig {
-            limits: Limits {
-                routes_per_service: cli.max_routes_per_service as usize,
-                ..Limits::default()
-            },
-            ..AggregatorConfig::default()
-        },
-    )
-    .context("registering metrics")?;
+    // Configuration errors before anything is loaded.
+    let otlp_config = otlp::Config::from_cli(&cli).map_err(|e| UsageError(e.to_string()))?;
+    let otlp_metrics_config =
+        otlp_metrics::Config::from_cli(&cli).map_err(|e| UsageError(e.to_string()))?;
 
     // Bind before loading: a port in use should fail before any program is attached.
-    let health = Probes::new(Duration::from_secs(30));
-    let server = MetricsServer::bind(cli.metrics_addr, registry.clone(), health.clone()).await?;
-    let metrics_addr = server.local_addr();
-
-    // Traces are off unless an OTLP endpoint is configured.
-    let export = match otlp::Config::from_cli(&cli) {
-        Ok(Some(config)) => Some(otlp::Exporter::start(config, &registry)?),
-        Ok(None) => None,
-        Err(e) => return Err(UsageError(e.to_string()).into()),
-    };
-    let (span_sender, exporter) = export.unzip();
-    // Metrics go over OTLP too only when asked, to the same collector.
-    let metrics_export = match otlp_metrics::Config::from_cli(&cli) {
-        Ok(Some(config)) => Some(otlp_metrics::start(config, &registry)?),
-        Ok(None) => None,
-        Err(e) => return Err(UsageError(e.to_string()).into()),
-    };
+    let listener = MetricsListener::bind(cli.metrics_addr)?;
+    let metrics_addr = listener.local_addr();
 
     let proc = ProcFs::default();
     let mut pids = proc.with_descendants(&cli.pids)?;
@@ -132,12 +103,74 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         max_connections: cli.max_connections,
         floor: cli.bench_floor,
     })?;
+    let kept = privilege::drop_after_attach()?;
     tracing::info!(
         attachments = probe.attached(),
         metrics = %metrics_addr,
         capture_bytes = cli.capture_bytes,
-        "sonde is watching"
+        cap_sys_ptrace = kept.sys_ptrace,
+        "sonde is watching; capabilities dropped"
     );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sonde-http")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(
+        cli,
+        Loaded {
+            listener,
+            otlp_config,
+            otlp_metrics_config,
+            proc,
+            probe,
+            ring,
+        },
+    ))
+}
+
+/// What [`run`] prepared with privileges, for [`serve`].
+struct Loaded {
+    listener: MetricsListener,
+    otlp_config: Option<otlp::Config>,
+    otlp_metrics_config: Option<otlp_metrics::Config>,
+    proc: ProcFs,
+    probe: loader::Probe,
+    ring: RingBuf<MapData>,
+}
+
+async fn serve(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let own =
+        SelfMetrics::new(&registry, env!("CARGO_PKG_VERSION")).context("registering metrics")?;
+    let aggregator = Aggregator::new(
+        &registry,
+        AggregatorConfig {
+            limits: Limits {
+                routes_per_service: cli.max_routes_per_service as usize,
+                ..Limits::default()
+            },
+            ..AggregatorConfig::default()
+        },
+    )
+    .context("registering metrics")?;
+
+    let health = Probes::new(Duration::from_secs(30));
+    let server = MetricsServer::new(loaded.listener, registry.clone(), health.clone())?;
+
+    // Traces are off unless an OTLP endpoint is configured.
+    let export = loaded
+        .otlp_config
+        .map(|config| otlp::Exporter::start(config, &registry))
+        .transpose()?;
+    let (span_sender, exporter) = export.unzip();
+    // Metrics go over OTLP too only when asked, to the same collector.
+    let metrics_export = loaded
+        .otlp_metrics_config
+        .map(|config| otlp_metrics::start(config, &registry))
+        .transpose()?;
 
     let pipeline = Pipeline::new(
         TrackerConfig {
@@ -146,10 +179,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             ..TrackerConfig::default()
         },
         aggregator,
-        Names::new(proc.clone(), Names::DEFAULT_CAPACITY),
+        Names::new(loaded.proc.clone(), Names::DEFAULT_CAPACITY),
         own,
         cli.exe.clone(),
-        proc,
+        loaded.proc,
         span_sender.map(|sender| Tracing::new(Assembler::new(trace::Config::default()), sender)),
     );
     // Before /readyz can say ready: a SIGTERM from then on must detach cleanly.
@@ -165,9 +198,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             .spawn(move || {
                 let _alive = alive;
                 pipeline::run(
-                    RingBufSource::new(ring),
+                    RingBufSource::new(loaded.ring),
                     pipeline,
-                    probe,
+                    loaded.probe,
                     health,
                     interval,
                     stop,

@@ -106,6 +106,33 @@ impl ProbeState {
     }
 }
 
+/// The endpoint's socket, bound before anything else happens (a port in
+/// use fails before any program is attached) and before the async runtime
+/// starts: sonde loads its programs and drops its privileges while it still
+/// has a single thread.
+pub struct MetricsListener {
+    listener: std::net::TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl MetricsListener {
+    /// Listens on exactly `addr` (port 0 picks a free port).
+    pub fn bind(addr: SocketAddr) -> Result<Self, ServerError> {
+        let bind_error = |source| ServerError::Bind { addr, source };
+        let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        Ok(MetricsListener {
+            listener,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
 /// The endpoint, bound and not yet serving.
 pub struct MetricsServer {
     listener: TcpListener,
@@ -119,18 +146,18 @@ struct Endpoints {
 }
 
 impl MetricsServer {
-    /// Listens on exactly `addr` (port 0 picks a free port).
-    pub async fn bind(
-        addr: SocketAddr,
+    /// Serves on `bound`; within the async runtime.
+    pub fn new(
+        bound: MetricsListener,
         registry: Registry,
         probes: Probes,
     ) -> Result<Self, ServerError> {
-        let bind_error = |source| ServerError::Bind { addr, source };
-        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let addr = bound.local_addr;
+        let listener = TcpListener::from_std(bound.listener)
+            .map_err(|source| ServerError::Bind { addr, source })?;
         Ok(MetricsServer {
             listener,
-            local_addr,
+            local_addr: addr,
             endpoints: Arc::new(Endpoints { registry, probes }),
         })
     }
@@ -269,9 +296,8 @@ mod tests {
         registry.register(Box::new(requests.clone())).unwrap();
         requests.inc_by(42);
         let probes = Probes::new(stale_after);
-        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), registry, probes.clone())
-            .await
-            .unwrap();
+        let bound = MetricsListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let server = MetricsServer::new(bound, registry, probes.clone()).unwrap();
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0);
         let (stop, stopped) = oneshot::channel();
@@ -350,10 +376,7 @@ mod tests {
     async fn bind_errors_name_the_address() {
         let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = taken.local_addr().unwrap();
-        let err = MetricsServer::bind(addr, Registry::new(), Probes::new(Duration::from_secs(1)))
-            .await
-            .err()
-            .unwrap();
+        let err = MetricsListener::bind(addr).err().unwrap();
         assert!(matches!(err, ServerError::Bind { addr: a, .. } if a == addr));
         assert_eq!(err.to_string(), format!("cannot listen on {addr}"));
         let cause = std::error::Error::source(&err).map(|c| c.to_string());

@@ -2,6 +2,7 @@
 //! `http.server` service in `servers/app.py`, chains of Python services
 //! calling each other (`servers/chain.py`), nginx, and the Node service in
 //! `servers/app.js`. Each is stopped when its guard is dropped.
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -91,6 +92,28 @@ pub fn python() -> Server {
         Command::new(python_interpreter()).arg(script("app.py")),
     )
     .expect("start the Python test server")
+}
+
+/// Debian's own `/usr/bin/python3 -m http.server` (a listing of /tmp), run
+/// as `uid`: a program another user owns, whose /proc/<pid>/exe only a
+/// reader with CAP_SYS_PTRACE may follow. Its executable's name
+/// (python3.11) differs from its command name (python3).
+pub fn system_python_as(uid: u32) -> Server {
+    let port = free_port();
+    let serve = format!(
+        "echo {port}; exec /usr/bin/python3 -m http.server {port} --bind 127.0.0.1 --directory /tmp \
+         >/dev/null 2>&1"
+    );
+    Server::spawn_announcing_port(
+        "python3 -m http.server",
+        Command::new("sh")
+            .args(["-c", &serve])
+            // Somewhere `uid` may enter (the tests' own directory is root's).
+            .current_dir("/tmp")
+            .uid(uid)
+            .gid(uid),
+    )
+    .expect("start Debian's python3 -m http.server")
 }
 
 /// `servers/app.py --fork`: the parent accepts each connection and a forked
