@@ -107,6 +107,25 @@ pub struct Cli {
     #[arg(long, env = "SONDE_OTLP_METRICS_INTERVAL_SECS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub otlp_metrics_interval_secs: Option<u64>,
+
+    /// Label series and spans with the Kubernetes namespace, pod, container
+    /// and workload of each process, and name services after their
+    /// workload; the API server is watched for this node's pods. Default:
+    /// on in a pod (KUBERNETES_SERVICE_HOST set) that knows its node.
+    #[arg(long, env = "SONDE_KUBERNETES", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub kubernetes: Option<bool>,
+
+    /// API server to ask instead of the in-cluster one (https:// with the
+    /// pod's service account; http:// without credentials, as for
+    /// `kubectl proxy`).
+    #[arg(long, env = "SONDE_KUBERNETES_API", value_parser = parse_http_url)]
+    pub kubernetes_api: Option<http::Uri>,
+
+    /// Name of the node sonde runs on, whose pods are watched: set it from
+    /// the downward API (`spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 impl Cli {
@@ -117,6 +136,15 @@ impl Cli {
 
 fn parse_regex(s: &str) -> Result<Regex, String> {
     Regex::new(s).map_err(|e| format!("not a valid regular expression: {e}"))
+}
+
+fn parse_http_url(s: &str) -> Result<http::Uri, String> {
+    match s.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
+            Ok(uri)
+        }
+        _ => Err(format!("`{s}` is not an http:// or https:// URL")),
+    }
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -185,6 +213,33 @@ mod tests {
         assert_eq!(c.trace_sample_ratio, 1.0);
         assert!(!c.otlp_metrics);
         assert_eq!(c.otlp_metrics_interval_secs, None);
+        assert_eq!(c.kubernetes, None);
+        assert_eq!(c.kubernetes_api, None);
+    }
+
+    #[test]
+    fn kubernetes_flags_and_variables() {
+        for (args, env, expected) in [
+            (&["--kubernetes"][..], &[][..], Some(true)),
+            (&["--kubernetes=false"], &[], Some(false)),
+            (&[], &[("SONDE_KUBERNETES", "false")], Some(false)),
+            (&[], &[("SONDE_KUBERNETES", "true")], Some(true)),
+            (
+                &["--kubernetes"],
+                &[("SONDE_KUBERNETES", "false")],
+                Some(true),
+            ),
+        ] {
+            let c = parse_with_env(args, env).unwrap();
+            assert_eq!(c.kubernetes, expected, "{args:?} {env:?}");
+        }
+        let c = parse_with_env(
+            &["--node-name", "node-a"],
+            &[("SONDE_KUBERNETES_API", "http://127.0.0.1:8001")],
+        )
+        .unwrap();
+        assert_eq!(c.node_name.as_deref(), Some("node-a"));
+        assert_eq!(c.kubernetes_api.unwrap(), "http://127.0.0.1:8001");
     }
 
     #[test]
@@ -282,6 +337,8 @@ mod tests {
             (&["--trace-sample-ratio", "1.5"], "--trace-sample-ratio"),
             (&["--trace-sample-ratio=-0.1"], "--trace-sample-ratio"),
             (&["--trace-sample-ratio", "NaN"], "--trace-sample-ratio"),
+            (&["--kubernetes=maybe"], "--kubernetes"),
+            (&["--kubernetes-api", "kubernetes:443"], "--kubernetes-api"),
             (
                 &["--otlp-metrics-interval-secs", "0"],
                 "--otlp-metrics-interval-secs",

@@ -14,7 +14,7 @@ use foldhash::HashMap;
 pub mod api;
 pub mod cgroup;
 #[cfg(test)]
-mod fake_api;
+pub(crate) mod fake_api;
 
 use cgroup::{Container, ContainerId};
 
@@ -97,7 +97,8 @@ pub struct PodLabels {
 }
 
 impl PodLabels {
-    fn new(pod: &Pod, container: &str) -> Self {
+    /// The labels of `container` of `pod` (empty: the pod's own).
+    pub fn new(pod: &Pod, container: &str) -> Self {
         let mut values: [String; LABELS.len()] = Default::default();
         values[0] = pod.namespace.clone();
         values[POD] = pod.name.clone();

@@ -15,6 +15,10 @@ use prometheus::Registry;
 use sonde::{
     cli::Cli,
     conn::TrackerConfig,
+    kubernetes::{
+        api::{self, ApiConfig, Backoff},
+        Pods,
+    },
     loader::{self, Settings},
     metrics::{Aggregator, AggregatorConfig, SelfMetrics},
     otlp, otlp_metrics,
@@ -90,6 +94,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
+    // Pod metadata: the watch fills the index while the rest starts.
+    let pods = match ApiConfig::from_cli(&cli) {
+        Ok(Some(config)) => {
+            let pods = Pods::default();
+            tokio::spawn(api::watch_pods(config, pods.clone(), Backoff::default()));
+            Some(pods)
+        }
+        Ok(None) => None,
+        Err(e) => return Err(UsageError(e.to_string()).into()),
+    };
     let registry = Registry::new();
     let own =
         SelfMetrics::new(&registry, env!("CARGO_PKG_VERSION")).context("registering metrics")?;
@@ -100,6 +114,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 routes_per_service: cli.max_routes_per_service as usize,
                 ..Limits::default()
             },
+            pod_labels: pods.is_some(),
             ..AggregatorConfig::default()
         },
     )
@@ -148,6 +163,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         "sonde is watching"
     );
 
+    let mut names = Names::new(proc.clone(), Names::DEFAULT_CAPACITY);
+    if let Some(pods) = pods {
+        names = names.with_pods(pods);
+    }
     let pipeline = Pipeline::new(
         TrackerConfig {
             idle_timeout_ns: cli.idle_timeout_secs * 1_000_000_000,
@@ -155,7 +174,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             ..TrackerConfig::default()
         },
         aggregator,
-        Names::new(proc.clone(), Names::DEFAULT_CAPACITY),
+        names,
         own,
         cli.exe.clone(),
         proc,

@@ -87,6 +87,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::exchange::{Finished, Observation, RequestId, Side, Started};
+use crate::kubernetes::PodLabels;
 use crate::metrics::{method_label, OTHER_METHOD};
 use crate::process::Names;
 use crate::route;
@@ -125,6 +126,8 @@ pub struct SpanRecord {
     pub service_name: String,
     pub pid: u32,
     pub exe_name: String,
+    /// The `k8s.*` resource attributes, for a process in a pod.
+    pub pod: Option<Arc<PodLabels>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,6 +297,8 @@ impl Assembler {
             path_truncated: request.path_truncated,
             version: request.version,
             service_name: names.service_name(s.at.tgid).to_owned(),
+            exe_name: names.exe_name(s.at.tgid).to_owned(),
+            pod: names.pod(s.at.tgid).cloned(),
             older: None,
             newer: None,
             state: State::InFlight,
@@ -427,7 +432,6 @@ impl Assembler {
         let Some(span) = self.spans.get_mut(&id) else {
             return;
         };
-        let service_name = std::mem::take(&mut span.service_name);
         out.push(SpanRecord {
             trace_id,
             span_id,
@@ -449,10 +453,9 @@ impl Assembler {
                 Side::Server => status >= 500,
                 Side::Client => status >= 400,
             },
-            // The service name is the program's basename (its `comm` when
-            // /proc has no answer): what process.executable.name means.
-            exe_name: service_name.clone(),
-            service_name,
+            service_name: std::mem::take(&mut span.service_name),
+            exe_name: std::mem::take(&mut span.exe_name),
+            pod: span.pod.take(),
             pid,
         });
         self.stats.emitted += 1;
@@ -566,6 +569,8 @@ impl Assembler {
             span.method = String::new();
             span.path = String::new();
             span.service_name = String::new();
+            span.exe_name = String::new();
+            span.pod = None;
             return;
         }
         if let Some(Origin::Local(parent)) = self.forget(id) {
@@ -678,6 +683,8 @@ struct Span {
     path_truncated: bool,
     version: &'static str,
     service_name: String,
+    exe_name: String,
+    pod: Option<Arc<PodLabels>>,
     /// Neighbours in the thread's list while an in-flight SERVER span.
     older: Option<RequestId>,
     newer: Option<RequestId>,
@@ -1186,6 +1193,7 @@ mod tests {
                 service_name: "svc-b".into(),
                 pid: 200,
                 exe_name: "svc-b".into(),
+                pod: None,
             }
         );
         assert_eq!(

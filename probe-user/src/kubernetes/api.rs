@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{cgroup::ContainerId, Pod, Pods, Workload};
+use crate::cli::Cli;
 use crate::otlp_metrics::error_chain;
 
 /// Where a pod's service account credentials are mounted.
@@ -103,6 +104,25 @@ impl ApiConfig {
             }
         };
         Self::new(base, node, Path::new(SERVICE_ACCOUNT))
+    }
+
+    /// What the flags ask for: None when pod metadata is off. When on by
+    /// default (in a pod), a pod without its node's name runs without, with
+    /// a warning; asked for, it is an error.
+    pub fn from_cli(cli: &Cli) -> Result<Option<Self>, ApiError> {
+        let config = || Self::in_cluster(cli.node_name.clone(), cli.kubernetes_api.clone());
+        match cli.kubernetes {
+            Some(false) => Ok(None),
+            Some(true) => config().map(Some),
+            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => match config() {
+                Ok(config) => Ok(Some(config)),
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "pod metadata is off");
+                    Ok(None)
+                }
+            },
+            None => Ok(None),
+        }
     }
 
     /// `base` with the credentials of `service_account` when it is https.
