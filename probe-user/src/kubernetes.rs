@@ -221,12 +221,8 @@ impl Pods {
     }
 
     /// Number of pods known.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.read().by_uid.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Makes `pods` the whole index (after a list).
@@ -373,6 +369,6 @@ mod tests {
         assert_eq!(found(1, None), None);
         pods.remove("u1");
         assert_eq!(pods.lookup(&container(3, Some("u1"))), Lookup::Unknown);
-        assert!(pods.is_empty());
+        assert_eq!(pods.len(), 0);
     }
 }

@@ -187,8 +187,7 @@ impl Named {
             exe,
             pod: None,
             service: None,
-            // Generation 0 is never the index's once it has been filled,
-            // so the first question is asked.
+            // A generation the index never reaches: the first question is asked.
             unresolved: container.map(|c| (c, u64::MAX)),
         }
     }

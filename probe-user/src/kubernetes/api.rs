@@ -244,7 +244,10 @@ impl Watcher {
             pods.push(self.pod(item).await);
         }
         self.pods.replace(&pods);
-        tracing::info!(pods = pods.len(), "pod metadata: pods of this node listed");
+        tracing::info!(
+            pods = self.pods.len(),
+            "pod metadata: pods of this node listed"
+        );
         self.version = Some(list.metadata.resource_version);
         Ok(())
     }
