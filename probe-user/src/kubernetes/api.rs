@@ -768,6 +768,42 @@ mod tests {
         ));
     }
 
+    /// The in-cluster path: TLS verified against the service account's CA
+    /// (the certificate names 127.0.0.1), and its token, read again for
+    /// each request (the kubelet rotates it).
+    #[tokio::test]
+    async fn over_tls_with_the_service_account() {
+        let api = FakeApi::start_tls(vec![
+            (list(), Reply::Body(200, fixture("pod-relist.json"))),
+            (
+                REPLICASET.into(),
+                Reply::Body(200, fixture("replicaset.json")),
+            ),
+        ])
+        .await;
+        let account = tempfile::tempdir().unwrap();
+        std::fs::write(account.path().join("ca.crt"), fixture("tls/ca.crt")).unwrap();
+        std::fs::write(account.path().join("token"), "first-token\n").unwrap();
+        let config = ApiConfig::new(api.url(), "node-a".into(), account.path()).unwrap();
+        let list_body = read_body(config.get(&list()).await.unwrap()).await.unwrap();
+        assert_eq!(list_body, fixture("pod-relist.json"));
+        std::fs::write(account.path().join("token"), "second-token").unwrap();
+        config.get(REPLICASET).await.unwrap();
+        let bearer = |t: &str| Some(format!("Bearer {t}"));
+        assert_eq!(
+            api.authorizations(),
+            [bearer("first-token"), bearer("second-token")]
+        );
+
+        // A CA that did not sign the server's certificate: no pods.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("ca.crt"), fixture("tls/server.crt")).unwrap();
+        std::fs::write(other.path().join("token"), "t").unwrap();
+        let config = ApiConfig::new(api.url(), "node-a".into(), other.path()).unwrap();
+        let error = config.get(&list()).await.unwrap_err();
+        assert!(matches!(error, ApiError::Connect(_)), "{error:?}");
+    }
+
     #[test]
     fn configuration() {
         let sa = tempfile::tempdir().unwrap();

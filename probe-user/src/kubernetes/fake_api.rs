@@ -1,12 +1,14 @@
-//! A scripted stand-in for the API server in tests: plain HTTP/1.1 on
-//! loopback, answering each request with the next step of a script made of
-//! the recorded responses in `tests/fixtures/kubernetes/`.
+//! A scripted stand-in for the API server in tests: HTTP/1.1 on loopback,
+//! plain or over TLS with the certificate of `tests/fixtures/kubernetes/tls/`,
+//! answering each request with the next step of a script made of the
+//! recorded responses in `tests/fixtures/kubernetes/`.
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// A recorded response of the API server.
 pub fn fixture(name: &str) -> Vec<u8> {
@@ -27,8 +29,16 @@ pub enum Reply {
 pub struct FakeApi {
     pub addr: SocketAddr,
     /// Request targets (path and query) in the order they came.
-    pub requests: Arc<Mutex<Vec<String>>>,
+    requests: Arc<Mutex<Vec<Request>>>,
+    tls: bool,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the fake server was asked.
+#[derive(Clone)]
+struct Request {
+    target: String,
+    authorization: Option<String>,
 }
 
 impl Drop for FakeApi {
@@ -42,39 +52,87 @@ impl FakeApi {
     /// for another target gets a 500, and requests past the script's end
     /// get no answer (a watch with nothing to say).
     pub async fn start(script: Vec<(String, Reply)>) -> FakeApi {
+        Self::serve(script, None).await
+    }
+
+    /// [`start`](Self::start) over TLS, as `https://127.0.0.1:<port>`.
+    pub async fn start_tls(script: Vec<(String, Reply)>) -> FakeApi {
+        let certs = CertificateDer::pem_slice_iter(&fixture("tls/server.crt"))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(&fixture("tls/server.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Self::serve(
+            script,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn serve(
+        script: Vec<(String, Reply)>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> FakeApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
         let seen = requests.clone();
+        let secure = tls.is_some();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                tokio::spawn(answer(stream, script.clone(), seen.clone()));
+                let (script, seen, tls) = (script.clone(), seen.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                answer(stream, script, seen).await;
+                            }
+                        }
+                        None => answer(stream, script, seen).await,
+                    }
+                });
             }
         });
         FakeApi {
             addr,
             requests,
+            tls: secure,
             task,
         }
     }
 
     pub fn url(&self) -> http::Uri {
-        format!("http://{}", self.addr).parse().unwrap()
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr).parse().unwrap()
     }
 
+    /// Request targets (path and query) in the order they came.
     pub fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
+        let requests = self.requests.lock().unwrap();
+        requests.iter().map(|r| r.target.clone()).collect()
+    }
+
+    /// The `Authorization` header of each request, in the same order.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().map(|r| r.authorization.clone()).collect()
     }
 }
 
 async fn answer(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     script: Arc<Mutex<VecDeque<(String, Reply)>>>,
-    seen: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<Vec<Request>>>,
 ) {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
@@ -86,7 +144,15 @@ async fn answer(
     }
     let head = String::from_utf8_lossy(&head);
     let target = head.split(' ').nth(1).unwrap_or_default().to_owned();
-    seen.lock().unwrap().push(target.clone());
+    let authorization = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("authorization")
+            .then(|| value.trim().to_owned())
+    });
+    seen.lock().unwrap().push(Request {
+        target: target.clone(),
+        authorization,
+    });
     let step = {
         let mut script = script.lock().unwrap();
         match script.front() {
