@@ -220,6 +220,19 @@ impl Pods {
         }
     }
 
+    /// Waits until the index has been filled once, at most `timeout`;
+    /// whether it was.
+    pub async fn first_list(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.generation() == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Number of pods known.
     pub(crate) fn len(&self) -> usize {
         self.read().by_uid.len()
@@ -347,6 +360,12 @@ mod tests {
         let pods = Pods::default();
         assert_eq!(pods.lookup(&container(1, Some("u1"))), Lookup::Unknown);
         let g0 = pods.generation();
+        let not_yet = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(pods.first_list(std::time::Duration::from_millis(30)));
+        assert!(!not_yet);
         pods.replace(&[pod("u1", "web-0", &[], &[(1, "app"), (2, "sidecar")])]);
         assert!(pods.generation() > g0);
         let found = |n, uid| {

@@ -31,6 +31,9 @@ use sonde::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
+/// How long the programs wait for the first list of pods.
+const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Exit code for usage errors (flags, environment), as clap uses.
 const USAGE: u8 = 2;
 
@@ -139,6 +142,16 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Err(e) => return Err(UsageError(e.to_string()).into()),
     };
 
+    // A process named before its pod is known keeps a series without the
+    // pod's labels: the programs are attached once the pods are listed, or
+    // a few seconds later without them.
+    if let Some(pods) = &pods {
+        if !pods.first_list(FIRST_LIST_TIMEOUT).await {
+            tracing::warn!(
+                "pod metadata: no pod list yet, starting without; pods get their labels once it comes"
+            );
+        }
+    }
     let proc = ProcFs::default();
     let mut pids = proc.with_descendants(&cli.pids)?;
     if let Some(re) = &cli.exe {
