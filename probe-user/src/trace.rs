@@ -2084,6 +2084,46 @@ mod tests {
     }
 
     #[test]
+    fn spans_of_a_process_in_a_pod_carry_its_workload_and_pod() {
+        use crate::kubernetes::{cgroup::ContainerId, Pod, Pods, Workload};
+        let proc = tempfile::tempdir().unwrap();
+        let dir = proc.path().join("400");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/node", dir.join("exe")).unwrap();
+        let id = "c".repeat(64);
+        std::fs::write(dir.join("cgroup"), format!("0::/docker/{id}\n")).unwrap();
+        let pods = Pods::default();
+        pods.replace(&[Pod {
+            uid: "6b1f0e2a-4c3d-4e5f-9a8b-7c6d5e4f3a2b".into(),
+            namespace: "web".into(),
+            name: "front-0".into(),
+            workloads: vec![(Workload::StatefulSet, "front".into())],
+            containers: vec![(ContainerId::from_hex(id.as_bytes()).unwrap(), "app".into())],
+        }]);
+        let mut h = Harness::new();
+        h.names = Names::new(ProcFs::new(proc.path()), 64).with_pods(pods);
+        let r = req(
+            1,
+            Server,
+            (400, 400),
+            "127.0.0.1:80",
+            "127.0.0.1:5000",
+            0,
+            "/",
+        );
+        h.feed(&[r.start(0), r.finish(200, 0, 1)]);
+        let (spans, _) = h.finish();
+        assert_eq!(spans.len(), 1);
+        let span = &spans[0];
+        assert_eq!(
+            (span.service_name.as_str(), span.exe_name.as_str()),
+            ("front", "node")
+        );
+        let pod = span.pod.as_ref().unwrap().values();
+        assert_eq!(pod[..3], ["web", "front-0", "app"]);
+    }
+
+    #[test]
     fn names_routes_and_errors() {
         // (side, method, path, cut, status) → (name, method, route, error)
         let cases = [
