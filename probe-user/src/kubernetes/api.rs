@@ -205,11 +205,21 @@ pub async fn watch_pods(config: ApiConfig, pods: Pods, backoff: Backoff) {
     };
     let mut wait = backoff.first;
     loop {
-        let outcome = match watcher.version {
-            None => watcher.list().await,
-            Some(_) => watcher.watch().await,
+        let started = tokio::time::Instant::now();
+        let watching = watcher.version.is_some();
+        let outcome = if watching {
+            watcher.watch().await
+        } else {
+            watcher.list().await
         };
+        let resumable = watching && watcher.version.is_some();
         match outcome {
+            // A watch that ends at once without expiring (a proxy that cuts
+            // streams) is not asked again in a tight loop.
+            Ok(()) if resumable && started.elapsed() < backoff.first => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(backoff.max);
+            }
             Ok(()) => wait = backoff.first,
             Err(error) => {
                 tracing::warn!(
@@ -653,13 +663,13 @@ mod tests {
 
     /// Runs the watch against an API server answering `script`, until it
     /// asked for each step in order and then for `last`, which gets no answer.
-    async fn run_script(script: Vec<(String, Reply)>, last: String) -> Pods {
+    async fn run_script(script: Vec<(String, Reply)>, last: String, backoff: Backoff) -> Pods {
         let mut expected: Vec<String> = script.iter().map(|(t, _)| t.clone()).collect();
         expected.push(last);
         let api = FakeApi::start(script).await;
         let pods = Pods::default();
         let config = ApiConfig::plain(api.url(), "node-a").unwrap();
-        let task = tokio::spawn(watch_pods(config, pods.clone(), FAST));
+        let task = tokio::spawn(watch_pods(config, pods.clone(), backoff));
         let start = Instant::now();
         while api.requests().len() < expected.len() && start.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -689,7 +699,7 @@ mod tests {
             (JOB.into(), Reply::Body(200, fixture("job.json"))),
             (watch("1000"), Reply::Watch(watch_stream().0)),
         ];
-        let pods = run_script(script, watch("1004")).await;
+        let pods = run_script(script, watch("1004"), FAST).await;
         let cases = [
             (
                 "a",
@@ -747,7 +757,7 @@ mod tests {
             // ended by the server: resumed where it was
             (watch("1000"), Reply::Watch(Vec::new())),
         ];
-        let pods = run_script(script, watch("1000")).await;
+        let pods = run_script(script, watch("1000"), FAST).await;
         assert_eq!(
             labels(&pods, "a").as_deref(),
             Some("shop|cart-7d4b9c6f5d-x8k2p|cart|cart|cart-7d4b9c6f5d||||"),
@@ -766,6 +776,28 @@ mod tests {
             }),
             Lookup::Container(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn watches_ended_at_once_are_asked_again_ever_later() {
+        let script = vec![
+            (list(), Reply::Body(200, fixture("pod-relist.json"))),
+            (watch("2000"), Reply::Watch(Vec::new())),
+            (watch("2000"), Reply::Watch(Vec::new())),
+            (watch("2000"), Reply::Watch(Vec::new())),
+        ];
+        let backoff = Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let start = Instant::now();
+        run_script(script, watch("2000"), backoff).await;
+        // 100, 200 and 400 ms between the four watches.
+        assert!(
+            start.elapsed() >= Duration::from_millis(700),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     /// The in-cluster path: TLS verified against the service account's CA
