@@ -115,6 +115,25 @@ pub struct Cli {
     #[arg(long, env = "SONDE_OTLP_METRICS_INTERVAL_SECS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub otlp_metrics_interval_secs: Option<u64>,
+
+    /// Label series and spans with the Kubernetes namespace, pod, container
+    /// and workload of each process, and name services after their
+    /// workload; the API server is watched for this node's pods. Default:
+    /// on in a pod (KUBERNETES_SERVICE_HOST set) that knows its node.
+    #[arg(long, env = "SONDE_KUBERNETES", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub kubernetes: Option<bool>,
+
+    /// API server to ask instead of the in-cluster one (https:// with the
+    /// pod's service account; http:// without credentials, as for
+    /// `kubectl proxy`).
+    #[arg(long, env = "SONDE_KUBERNETES_API", value_parser = parse_http_url)]
+    pub kubernetes_api: Option<http::Uri>,
+
+    /// Name of the node sonde runs on, whose pods are watched: set it from
+    /// the downward API (`spec.nodeName`).
+    #[arg(long, env = "SONDE_NODE_NAME", value_parser = parse_node_name)]
+    pub node_name: Option<String>,
 }
 
 impl Cli {
@@ -140,6 +159,33 @@ fn parse_log_filter(s: &str) -> Result<String, String> {
     match tracing_subscriber::EnvFilter::try_new(s) {
         Ok(_) => Ok(s.to_owned()),
         Err(e) => Err(format!("not a level or tracing filter: {e}")),
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<http::Uri, String> {
+    match s.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
+            Ok(uri)
+        }
+        _ => Err(format!("`{s}` is not an http:// or https:// URL")),
+    }
+}
+
+/// A node's name is a DNS subdomain (RFC 1123): it goes into the watch's
+/// field selector, so nothing else may pass.
+fn parse_node_name(s: &str) -> Result<String, String> {
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if s.len() <= 253 && s.split('.').all(label_ok) {
+        Ok(s.to_owned())
+    } else {
+        Err("not a DNS subdomain (lower-case letters, digits, '-' and '.')".to_owned())
     }
 }
 
@@ -226,6 +272,33 @@ mod tests {
         assert_eq!(c.trace_sample_ratio, 1.0);
         assert!(!c.otlp_metrics);
         assert_eq!(c.otlp_metrics_interval_secs, None);
+        assert_eq!(c.kubernetes, None);
+        assert_eq!(c.kubernetes_api, None);
+    }
+
+    #[test]
+    fn kubernetes_flags_and_variables() {
+        for (args, env, expected) in [
+            (&["--kubernetes"][..], &[][..], Some(true)),
+            (&["--kubernetes=false"], &[], Some(false)),
+            (&[], &[("SONDE_KUBERNETES", "false")], Some(false)),
+            (&[], &[("SONDE_KUBERNETES", "true")], Some(true)),
+            (
+                &["--kubernetes"],
+                &[("SONDE_KUBERNETES", "false")],
+                Some(true),
+            ),
+        ] {
+            let c = parse_with_env(args, env).unwrap();
+            assert_eq!(c.kubernetes, expected, "{args:?} {env:?}");
+        }
+        let c = parse_with_env(
+            &["--node-name", "node-a"],
+            &[("SONDE_KUBERNETES_API", "http://127.0.0.1:8001")],
+        )
+        .unwrap();
+        assert_eq!(c.node_name.as_deref(), Some("node-a"));
+        assert_eq!(c.kubernetes_api.unwrap(), "http://127.0.0.1:8001");
     }
 
     #[test]
@@ -323,6 +396,8 @@ mod tests {
             (&["--trace-sample-ratio", "1.5"], "--trace-sample-ratio"),
             (&["--trace-sample-ratio=-0.1"], "--trace-sample-ratio"),
             (&["--trace-sample-ratio", "NaN"], "--trace-sample-ratio"),
+            (&["--kubernetes=maybe"], "--kubernetes"),
+            (&["--kubernetes-api", "kubernetes:443"], "--kubernetes-api"),
             (
                 &["--otlp-metrics-interval-secs", "0"],
                 "--otlp-metrics-interval-secs",

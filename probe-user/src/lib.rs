@@ -11,6 +11,7 @@ pub mod conn;
 pub mod event;
 pub mod exchange;
 pub mod http1;
+pub mod kubernetes;
 pub mod loader;
 pub mod metrics;
 pub mod otlp;

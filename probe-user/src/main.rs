@@ -16,6 +16,10 @@ use prometheus::Registry;
 use sonde::{
     cli::Cli,
     conn::TrackerConfig,
+    kubernetes::{
+        api::{self, ApiConfig, Backoff},
+        Pods,
+    },
     loader::{self, Settings},
     metrics::{Aggregator, AggregatorConfig, SelfMetrics},
     otlp, otlp_metrics,
@@ -29,6 +33,9 @@ use sonde::{
     trace::{self, Assembler},
 };
 use tokio::signal::unix::{signal, SignalKind};
+
+/// How long the pipeline waits for the first list of pods.
+const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Exit code for usage errors (flags, environment, config file), as clap uses.
 const USAGE: u8 = 2;
@@ -81,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let otlp_config = otlp::Config::from_cli(&cli).map_err(|e| UsageError(e.to_string()))?;
     let otlp_metrics_config =
         otlp_metrics::Config::from_cli(&cli).map_err(|e| UsageError(e.to_string()))?;
+    let kubernetes_config = ApiConfig::from_cli(&cli).map_err(|e| UsageError(e.to_string()))?;
 
     // Bind before loading: a port in use should fail before any program is attached.
     let listener = MetricsListener::bind(cli.metrics_addr)?;
@@ -124,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listener,
             otlp_config,
             otlp_metrics_config,
+            kubernetes_config,
             proc,
             probe,
             ring,
@@ -136,12 +145,19 @@ struct Loaded {
     listener: MetricsListener,
     otlp_config: Option<otlp::Config>,
     otlp_metrics_config: Option<otlp_metrics::Config>,
+    kubernetes_config: Option<ApiConfig>,
     proc: ProcFs,
     probe: loader::Probe,
     ring: RingBuf<MapData>,
 }
 
 async fn serve(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
+    // Pod metadata: the watch fills the index while the rest starts.
+    let pods = loaded.kubernetes_config.map(|config| {
+        let pods = Pods::default();
+        tokio::spawn(api::watch_pods(config, pods.clone(), Backoff::default()));
+        pods
+    });
     let registry = Registry::new();
     let own =
         SelfMetrics::new(&registry, env!("CARGO_PKG_VERSION")).context("registering metrics")?;
@@ -152,6 +168,7 @@ async fn serve(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
                 routes_per_service: cli.max_routes_per_service as usize,
                 ..Limits::default()
             },
+            pod_labels: pods.is_some(),
             ..AggregatorConfig::default()
         },
     )
@@ -172,6 +189,19 @@ async fn serve(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
         .map(|config| otlp_metrics::start(config, &registry))
         .transpose()?;
 
+    // A process named before its pod is known keeps a series without the
+    // pod's labels: the pipeline starts reading once the pods are listed, or
+    // a few seconds later without them (the ring buffer holds what the
+    // programs see meanwhile; anything past its size is counted as lost).
+    let mut names = Names::new(loaded.proc.clone(), Names::DEFAULT_CAPACITY);
+    if let Some(pods) = pods {
+        if !pods.first_list(FIRST_LIST_TIMEOUT).await {
+            tracing::warn!(
+                "pod metadata: no pod list yet, starting without; pods get their labels once it comes"
+            );
+        }
+        names = names.with_pods(pods);
+    }
     let pipeline = Pipeline::new(
         TrackerConfig {
             idle_timeout_ns: cli.idle_timeout_secs * 1_000_000_000,
@@ -179,7 +209,7 @@ async fn serve(cli: Cli, loaded: Loaded) -> anyhow::Result<()> {
             ..TrackerConfig::default()
         },
         aggregator,
-        Names::new(loaded.proc.clone(), Names::DEFAULT_CAPACITY),
+        names,
         own,
         cli.exe.clone(),
         loaded.proc,

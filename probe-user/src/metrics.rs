@@ -19,6 +19,7 @@ use crate::exchange::{
     AbandonReason, Anomaly, Endpoint, Finished, Observation, Request, RequestId, Side,
     STANDARD_METHODS,
 };
+use crate::kubernetes;
 use crate::process::Names;
 use crate::route::{Limits, Namer, PeerId, RouteId, ServiceId};
 use histogram::{Histogram, HistogramVec};
@@ -130,6 +131,10 @@ pub struct AggregatorConfig {
     /// Past it, new label sets keep method, status and version but go to the
     /// `{overflow}` service and route/peer.
     pub max_series: usize,
+    /// Whether the request metrics have the `k8s_*` labels (pod metadata
+    /// on): every series then has them, empty for processes outside pods,
+    /// which Prometheus stores as if absent. Off, the label set is without.
+    pub pod_labels: bool,
 }
 
 impl Default for AggregatorConfig {
@@ -137,6 +142,7 @@ impl Default for AggregatorConfig {
         AggregatorConfig {
             limits: Limits::default(),
             max_series: 5000,
+            pod_labels: false,
         }
     }
 }
@@ -327,6 +333,7 @@ impl ActiveGauge {
 pub struct Aggregator {
     namer: Namer,
     max_series: usize,
+    pod_labels: bool,
     server: SideFamilies,
     client: SideFamilies,
     /// Index of each key's gauge in `gauges`.
@@ -366,11 +373,20 @@ impl Aggregator {
             "kind",
             [DROP_SERVICE, DROP_ROUTE, DROP_PEER, DROP_SERIES],
         )?;
+        let labels = |side: &[&'static str]| {
+            let pod = if config.pod_labels {
+                &kubernetes::LABELS[..]
+            } else {
+                &[]
+            };
+            [side, pod].concat()
+        };
         Ok(Aggregator {
             namer: Namer::new(config.limits),
             max_series: config.max_series,
-            server: SideFamilies::new(registry, "server", &SERVER_LABELS)?,
-            client: SideFamilies::new(registry, "client", &CLIENT_LABELS)?,
+            pod_labels: config.pod_labels,
+            server: SideFamilies::new(registry, "server", &labels(&SERVER_LABELS))?,
+            client: SideFamilies::new(registry, "client", &labels(&CLIENT_LABELS))?,
             active: HashMap::new(),
             gauges: Vec::new(),
             series: HashMap::new(),
@@ -449,6 +465,7 @@ impl Aggregator {
     fn active_gauge(&mut self, key: ActiveKey) -> usize {
         let Aggregator {
             namer,
+            pod_labels,
             server,
             client,
             active,
@@ -462,7 +479,7 @@ impl Aggregator {
                 &client.active
             };
             gauges.push(ActiveGauge {
-                gauge: family.with_label_values(&active_labels(namer, key)),
+                gauge: family.with_label_values(&active_labels(namer, key, *pod_labels)),
                 count: 0,
             });
             gauges.len() - 1
@@ -490,7 +507,7 @@ impl Aggregator {
             series.observe(f);
             return;
         }
-        let mut labels = active_labels(&self.namer, key.active);
+        let mut labels = active_labels(&self.namer, key.active, self.pod_labels);
         labels.extend([key.status.to_string(), key.version.label().to_owned()]);
         let family = if key.active.server_side() {
             &self.server
@@ -507,8 +524,9 @@ impl Aggregator {
     }
 }
 
-/// Label values of `key`, in the order of `SERVER_LABELS` or `CLIENT_LABELS`.
-fn active_labels(namer: &Namer, key: ActiveKey) -> Vec<String> {
+/// Label values of `key`, in the order of `SERVER_LABELS` or `CLIENT_LABELS`,
+/// then of `kubernetes::LABELS` if `pod_labels`. Made once per series.
+fn active_labels(namer: &Namer, key: ActiveKey, pod_labels: bool) -> Vec<String> {
     let mut labels = vec![
         namer.service_label(key.service).to_owned(),
         key.method.label().to_owned(),
@@ -518,6 +536,12 @@ fn active_labels(namer: &Namer, key: ActiveKey) -> Vec<String> {
         Target::Peer(p) => {
             let (address, port) = namer.peer_labels(key.service, p);
             labels.extend([address, port]);
+        }
+    }
+    if pod_labels {
+        match namer.pod_labels(key.service) {
+            Some(pod) => labels.extend(pod.values().iter().cloned()),
+            None => labels.extend(kubernetes::LABELS.map(|_| String::new())),
         }
     }
     labels
@@ -1090,6 +1114,171 @@ mod tests {
         for a in ANOMALIES.into_iter().filter(|&a| a != Anomaly::BadChunk) {
             assert_eq!(anomalies(a.label()), Some(0.0), "{a:?}");
         }
+    }
+
+    /// End to end without a cluster: processes whose `/proc/<pid>/cgroup`
+    /// puts them in containers, the pods of recorded API responses, and the
+    /// labels of the series their requests make.
+    #[tokio::test]
+    async fn series_of_processes_in_pods_carry_their_pod_and_workload() {
+        use crate::kubernetes::api::{watch_pods, ApiConfig, Backoff};
+        use crate::kubernetes::fake_api::{fixture, FakeApi, Reply};
+        use crate::kubernetes::Pods;
+
+        let proc = tempfile::tempdir().unwrap();
+        let systemd = |qos: &str, uid: &str, scope: &str, digit: &str| {
+            format!(
+                "0::/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{}.slice/{scope}-{}.scope\n",
+                uid.replace('-', "_"),
+                digit.repeat(64)
+            )
+        };
+        let processes = [
+            // the two replicas of Deployment cart (containerd, systemd and cgroupfs)
+            (
+                100,
+                "/app/cart",
+                systemd(
+                    "burstable",
+                    "2f1e8a4c-3b7d-4c9e-8f1a-6d5b4c3a2e10",
+                    "cri-containerd",
+                    "a",
+                ),
+            ),
+            (
+                101,
+                "/app/cart",
+                format!(
+                    "0::/kubepods/burstable/pod7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c21/{}\n",
+                    "d".repeat(64)
+                ),
+            ),
+            // StatefulSet postgres (CRI-O)
+            (
+                102,
+                "/usr/lib/postgresql/17/bin/postgres",
+                systemd(
+                    "besteffort",
+                    "c3d2e1f0-a9b8-4c7d-8e6f-5a4b3c2d1e0f",
+                    "crio",
+                    "e",
+                ),
+            ),
+            // a host service
+            (
+                103,
+                "/usr/sbin/nginx",
+                "0::/system.slice/nginx.service\n".to_owned(),
+            ),
+        ];
+        for (tgid, exe, cgroup) in &processes {
+            let dir = proc.path().join(tgid.to_string());
+            std::fs::create_dir(&dir).unwrap();
+            symlink(exe, dir.join("exe")).unwrap();
+            std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+        }
+
+        let api = FakeApi::start(vec![
+            (
+                "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a".into(),
+                Reply::Body(200, fixture("pod-list.json")),
+            ),
+            (
+                "/apis/apps/v1/namespaces/shop/replicasets/cart-7d4b9c6f5d".into(),
+                Reply::Body(200, fixture("replicaset.json")),
+            ),
+            (
+                "/apis/batch/v1/namespaces/shop/jobs/report-29000000".into(),
+                Reply::Body(200, fixture("job.json")),
+            ),
+        ])
+        .await;
+        let pods = Pods::default();
+        let config = ApiConfig::plain(api.url(), "node-a").unwrap();
+        let watch = tokio::spawn(watch_pods(config, pods.clone(), Backoff::default()));
+        let start = std::time::Instant::now();
+        while pods.len() < 5 {
+            assert!(start.elapsed().as_secs() < 10, "{:?}", api.requests());
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        watch.abort();
+
+        let registry = Registry::new();
+        let config = AggregatorConfig {
+            pod_labels: true,
+            ..AggregatorConfig::default()
+        };
+        let mut agg = Aggregator::new(&registry, config).unwrap();
+        let mut names =
+            Names::new(ProcFs::new(proc.path()), Names::DEFAULT_CAPACITY).with_pods(pods);
+        for (id, tgid) in [100, 101, 102, 103, 100].into_iter().enumerate() {
+            for mut o in exchange(id as u64, Side::Server, "GET", "/orders/7", 200, 5) {
+                match &mut o {
+                    Observation::Started(s) => s.at.tgid = tgid,
+                    Observation::Finished(f) => f.at.tgid = tgid,
+                    _ => unreachable!(),
+                }
+                agg.observe(&o, &mut names);
+            }
+        }
+
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&registry.gather(), &mut text)
+            .unwrap();
+        // The k8s_* values in the order of kubernetes::LABELS, joined with `|`.
+        let series = |service, pod: &'static str| {
+            let mut labels = vec![
+                ("service_name", service),
+                ("http_request_method", "GET"),
+                ("http_route", "/orders/{id}"),
+            ];
+            labels.extend(kubernetes::LABELS.into_iter().zip(pod.split('|')));
+            labels
+        };
+        let cases = [
+            (
+                series(
+                    "cart",
+                    "shop|cart-7d4b9c6f5d-x8k2p|cart|cart|cart-7d4b9c6f5d||||",
+                ),
+                2.0,
+            ),
+            (
+                series(
+                    "cart",
+                    "shop|cart-7d4b9c6f5d-q9w7e|cart|cart|cart-7d4b9c6f5d||||",
+                ),
+                1.0,
+            ),
+            (
+                series("postgres", "db|postgres-0|postgres|||postgres|||"),
+                1.0,
+            ),
+            (series("nginx", "||||||||"), 1.0),
+        ];
+        for (active, count) in cases {
+            assert_eq!(
+                sample(&text, "http_server_active_requests", &active),
+                Some(0.0),
+                "{active:?}"
+            );
+            let mut exchange = active.clone();
+            exchange.extend([
+                ("http_response_status_code", "200"),
+                ("network_protocol_version", "1.1"),
+            ]);
+            assert_eq!(
+                sample(&text, DURATION_COUNT, &exchange),
+                Some(count),
+                "{exchange:?}"
+            );
+        }
+        let series_lines = text
+            .lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
+            .count();
+        assert_eq!(series_lines, 4, "{text}");
     }
 
     #[test]

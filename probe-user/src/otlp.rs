@@ -39,6 +39,7 @@ use crate::{
     cli::Cli,
     clock::{Clocks, WallClock},
     exchange::Side,
+    kubernetes::{self, PodLabels},
     trace::SpanRecord,
 };
 
@@ -594,8 +595,8 @@ impl Batcher {
 /// Batches in resource order, each group one resource; order within a
 /// group is kept.
 fn group_by_resource(mut batch: Vec<SpanRecord>) -> Vec<Vec<SpanRecord>> {
-    fn key(s: &SpanRecord) -> (&str, u32, &str) {
-        (&s.service_name, s.pid, &s.exe_name)
+    fn key(s: &SpanRecord) -> (&str, u32, &str, Option<&PodLabels>) {
+        (&s.service_name, s.pid, &s.exe_name, s.pod.as_deref())
     }
     batch.sort_by(|a, b| key(a).cmp(&key(b)));
     let mut groups: Vec<Vec<SpanRecord>> = Vec::new();
@@ -609,6 +610,13 @@ fn group_by_resource(mut batch: Vec<SpanRecord>) -> Vec<Vec<SpanRecord>> {
 }
 
 fn resource(span: &SpanRecord, host_name: &str) -> Resource {
+    let pod = span.pod.iter().flat_map(|pod| {
+        kubernetes::ATTRIBUTES
+            .iter()
+            .zip(pod.values())
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(&name, value)| KeyValue::new(name, value.clone()))
+    });
     Resource::builder_empty()
         .with_attributes([
             KeyValue::new("service.name", span.service_name.clone()),
@@ -616,6 +624,7 @@ fn resource(span: &SpanRecord, host_name: &str) -> Resource {
             KeyValue::new("process.executable.name", span.exe_name.clone()),
             KeyValue::new("host.name", host_name.to_owned()),
         ])
+        .with_attributes(pod)
         .build()
 }
 
@@ -735,6 +744,7 @@ mod tests {
             service_name: "users".into(),
             pid: 4242,
             exe_name: "python3".into(),
+            pod: None,
         }
     }
 
@@ -945,6 +955,40 @@ mod tests {
                 ("service.name".to_owned(), s("users")),
             ]
         );
+    }
+
+    #[test]
+    fn a_resource_in_a_pod_has_its_kubernetes_attributes() {
+        let pod = kubernetes::Pod {
+            uid: "6b1f0e2a-4c3d-4e5f-9a8b-7c6d5e4f3a2b".into(),
+            namespace: "shop".into(),
+            name: "users-0".into(),
+            workloads: vec![(kubernetes::Workload::StatefulSet, "users".into())],
+            containers: Vec::new(),
+        };
+        let span = SpanRecord {
+            pod: Some(std::sync::Arc::new(PodLabels::new(&pod, "app"))),
+            ..server_span()
+        };
+        let mut attributes: Vec<(String, Value)> = resource(&span, "node-1")
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        attributes.sort_by(|a, b| a.0.cmp(&b.0));
+        let k8s: Vec<_> = attributes
+            .iter()
+            .filter(|(k, _)| k.starts_with("k8s."))
+            .collect();
+        assert_eq!(
+            k8s,
+            [
+                &("k8s.container.name".to_owned(), s("app")),
+                &("k8s.namespace.name".to_owned(), s("shop")),
+                &("k8s.pod.name".to_owned(), s("users-0")),
+                &("k8s.statefulset.name".to_owned(), s("users")),
+            ]
+        );
+        assert_eq!(attributes.len(), 8, "{attributes:?}");
     }
 
     #[test]

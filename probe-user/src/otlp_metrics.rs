@@ -418,7 +418,7 @@ impl Client {
 }
 
 /// hyper's errors say what failed only in their sources.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

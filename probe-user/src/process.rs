@@ -1,5 +1,7 @@
 //! Which program a process runs, from /proc: the `service_name` label of
-//! aggregation, and the process scans behind the `--exe` and `--pid` filters.
+//! aggregation (the workload's name for a process in a Kubernetes pod, whose
+//! `k8s_*` labels are found here too), and the process scans behind the
+//! `--exe` and `--pid` filters.
 //!
 //! The /proc root is a parameter so tests run on a fake tree, and so a
 //! containerised sonde can read the host's /proc mounted elsewhere.
@@ -7,11 +9,14 @@ use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 use regex::Regex;
 
 use crate::event::ConnOpen;
+use crate::kubernetes::cgroup::{container_of, Container};
+use crate::kubernetes::{Lookup, PodLabels, Pods};
 use crate::route::{Namer, ServiceId};
 
 /// Service name of a process whose program could not be found out.
@@ -57,6 +62,13 @@ impl ProcFs {
         let path = path.strip_suffix(b" (deleted)").unwrap_or(path);
         let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
         label_value(&String::from_utf8_lossy(base))
+    }
+
+    /// The container `tgid` runs in, from `/proc/<tgid>/cgroup`; None
+    /// outside containers and for processes gone.
+    pub fn container(&self, tgid: u32) -> Option<Container> {
+        let cgroup = fs::read(self.root.join(tgid.to_string()).join("cgroup")).ok()?;
+        container_of(&cgroup)
     }
 
     /// Whether process `tgid` still exists.
@@ -150,14 +162,59 @@ pub struct Names {
     proc: ProcFs,
     capacity: usize,
     by_tgid: HashMap<u32, Named>,
+    /// Present when pod metadata is on.
+    pods: Option<Pods>,
 }
 
 /// What is known of one process.
 struct Named {
+    /// Its `service_name`: its pod's workload, else `exe`.
     name: String,
-    /// The id aggregation's `Namer` gave `name`, once asked: admission is
-    /// permanent, so it holds as long as the name does.
+    exe: String,
+    pod: Option<Arc<PodLabels>>,
+    /// The id aggregation's `Namer` gave `name` and `pod`, once asked:
+    /// admission is permanent, so it holds as long as they do.
     service: Option<ServiceId>,
+    /// A container whose pod, or whose name in it, the index did not know
+    /// when last asked: asked again when the index has changed since.
+    unresolved: Option<(Container, u64)>,
+}
+
+impl Named {
+    fn new(exe: String, container: Option<Container>) -> Self {
+        Named {
+            name: exe.clone(),
+            exe,
+            pod: None,
+            service: None,
+            // A generation the index never reaches: the first question is asked.
+            unresolved: container.map(|c| (c, u64::MAX)),
+        }
+    }
+
+    /// Looks the container up again if the index changed since last time.
+    /// A process keeps its labels once its container is found.
+    fn resolve(&mut self, pods: &Pods) {
+        let Some((container, asked_at)) = &mut self.unresolved else {
+            return;
+        };
+        let generation = pods.generation();
+        if generation == *asked_at {
+            return;
+        }
+        *asked_at = generation;
+        let lookup = pods.lookup(container);
+        if let Some(labels) = lookup.labels() {
+            if self.pod.as_ref() != Some(labels) {
+                self.name = labels.service_name().to_owned();
+                self.pod = Some(labels.clone());
+                self.service = None;
+            }
+        }
+        if matches!(lookup, Lookup::Container(_)) {
+            self.unresolved = None;
+        }
+    }
 }
 
 impl Names {
@@ -169,6 +226,16 @@ impl Names {
             proc,
             capacity: capacity.max(1),
             by_tgid: HashMap::new(),
+            pods: None,
+        }
+    }
+
+    /// Names processes in a pod after their workload, and gives them the
+    /// pod's labels.
+    pub fn with_pods(self, pods: Pods) -> Self {
+        Names {
+            pods: Some(pods),
+            ..self
         }
     }
 
@@ -184,13 +251,24 @@ impl Names {
         &self.named(tgid, || None).name
     }
 
-    /// The id `namer` gives the `service_name` of `tgid`, asked once per
-    /// process: aggregation needs it for every request.
+    /// The basename of the program `tgid` runs (else its `comm`, else
+    /// [`UNKNOWN`]), whatever its `service_name`.
+    pub fn exe_name(&mut self, tgid: u32) -> &str {
+        &self.named(tgid, || None).exe
+    }
+
+    /// The `k8s_*` labels of `tgid`, when it runs in a known pod.
+    pub fn pod(&mut self, tgid: u32) -> Option<&Arc<PodLabels>> {
+        self.named(tgid, || None).pod.as_ref()
+    }
+
+    /// The id `namer` gives the `service_name` and pod of `tgid`, asked once
+    /// per process: aggregation needs it for every request.
     pub fn service_id(&mut self, tgid: u32, namer: &mut Namer) -> ServiceId {
         let named = self.named(tgid, || None);
         *named
             .service
-            .get_or_insert_with(|| namer.service(&named.name))
+            .get_or_insert_with(|| namer.service(&named.name, named.pod.as_ref()))
     }
 
     pub fn forget(&mut self, tgid: u32) {
@@ -207,14 +285,23 @@ impl Names {
                 self.by_tgid.remove(&victim);
             }
         }
-        let proc = &self.proc;
-        self.by_tgid.entry(tgid).or_insert_with(|| Named {
-            name: proc
+        let Names {
+            proc,
+            by_tgid,
+            pods,
+            ..
+        } = self;
+        let named = by_tgid.entry(tgid).or_insert_with(|| {
+            let exe = proc
                 .exe_name(tgid)
                 .or_else(fallback)
-                .unwrap_or_else(|| UNKNOWN.to_owned()),
-            service: None,
-        })
+                .unwrap_or_else(|| UNKNOWN.to_owned());
+            Named::new(exe, pods.as_ref().and_then(|_| proc.container(tgid)))
+        });
+        if let Some(pods) = pods {
+            named.resolve(pods);
+        }
+        named
     }
 }
 
@@ -440,6 +527,73 @@ mod tests {
         assert_eq!(cut.len(), MAX_NAME_LEN);
         assert_eq!(label_value("\n"), Some("_".to_owned()));
         assert_eq!(label_value(""), None);
+    }
+
+    #[test]
+    fn processes_in_pods_take_their_workload_name_once_known() {
+        use crate::kubernetes::{cgroup::ContainerId, Pod, Workload};
+        let dir = tree();
+        let uid = "6b1f0e2a-4c3d-4e5f-9a8b-7c6d5e4f3a2b";
+        let id = "ab".repeat(32);
+        let cgroup = |tgid: u32, content: String| {
+            fs::write(dir.path().join(tgid.to_string()).join("cgroup"), content).unwrap()
+        };
+        let slice = uid.replace('-', "_");
+        cgroup(
+            100,
+            format!("0::/kubepods.slice/kubepods-pod{slice}.slice/cri-containerd-{id}.scope\n"),
+        );
+        cgroup(101, "0::/system.slice/nginx.service\n".into());
+        let pods = Pods::default();
+        let mut names =
+            Names::new(ProcFs::new(dir.path()), Names::DEFAULT_CAPACITY).with_pods(pods.clone());
+        let mut namer = Namer::new(Limits::default());
+        let container = |names: &mut Names| names.pod(100).map(|p| p.values()[2].clone());
+
+        // Not listed yet: named as a host process would be.
+        assert_eq!(names.service_name(100), "api-server");
+        let unknown = names.service_id(100, &mut namer);
+        assert_eq!(container(&mut names), None);
+
+        // Listed before its container's status names the container.
+        let mut pod = Pod {
+            uid: uid.into(),
+            namespace: "shop".into(),
+            name: "cart-5d9c7b-x2x".into(),
+            workloads: vec![
+                (Workload::ReplicaSet, "cart-5d9c7b".into()),
+                (Workload::Deployment, "cart".into()),
+            ],
+            containers: Vec::new(),
+        };
+        pods.upsert(&pod);
+        assert_eq!(names.service_name(100), "cart");
+        assert_eq!(container(&mut names).as_deref(), Some(""));
+        let pod_only = names.service_id(100, &mut namer);
+        assert_ne!(pod_only, unknown);
+
+        pod.containers = vec![(ContainerId::from_hex(id.as_bytes()).unwrap(), "app".into())];
+        pods.upsert(&pod);
+        assert_eq!(container(&mut names).as_deref(), Some("app"));
+        let known = names.service_id(100, &mut namer);
+        assert_ne!(known, pod_only);
+        assert_eq!(namer.service_label(known), "cart");
+        assert_eq!(
+            namer.pod_labels(known).unwrap().values()[1],
+            "cart-5d9c7b-x2x"
+        );
+        assert_eq!(names.exe_name(100), "api-server");
+
+        // Found, it keeps its labels until it exits, whatever the index says.
+        pods.remove(uid);
+        assert_eq!(names.service_id(100, &mut namer), known);
+
+        // Outside containers, or without pod metadata: as before.
+        assert_eq!(names.service_name(101), "nginx");
+        assert_eq!(names.pod(101), None);
+        let mut without = Names::new(ProcFs::new(dir.path()), Names::DEFAULT_CAPACITY);
+        assert_eq!(without.service_name(100), "api-server");
+        assert_eq!(without.pod(100), None);
     }
 
     fn relink(root: &Path, tgid: u32, target: &str) {

@@ -9,10 +9,13 @@
 //! Admission is permanent, so a request started under a label finishes under
 //! the same one.
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use foldhash::HashMap;
 use indexmap::{IndexMap, IndexSet};
+
+use crate::kubernetes::PodLabels;
 
 /// Placeholder for an identifier-like path segment.
 pub const ID: &str = "{id}";
@@ -207,12 +210,21 @@ const CACHED_PATHS: usize = 4096;
 /// paths hold at most 1 MiB.
 const CACHED_PATH_MAX_LEN: usize = 256;
 
+/// What tells services apart: a name, and the pod (for processes in a
+/// Kubernetes pod), whose labels the service's series carry; replicas of a
+/// workload on one node share a name, each with its own series.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ServiceKey {
+    name: Box<str>,
+    pod: Option<Arc<PodLabels>>,
+}
+
 /// Turns service names, paths and peers into small ids within the budgets;
 /// the ids key aggregation's caches and give back their label values.
 pub struct Namer {
     limits: Limits,
     /// Index 0 is the overflow service.
-    services: IndexMap<Box<str>, Service, RandomState>,
+    services: IndexMap<ServiceKey, Service, RandomState>,
     /// Reused for every route so the hot path does not allocate.
     scratch: String,
     /// Entries in the services' `paths`, at most `CACHED_PATHS`.
@@ -222,7 +234,11 @@ pub struct Namer {
 impl Namer {
     pub fn new(limits: Limits) -> Self {
         let mut services = IndexMap::default();
-        services.insert(OVERFLOW.into(), Service::default());
+        let overflow = ServiceKey {
+            name: OVERFLOW.into(),
+            pod: None,
+        };
+        services.insert(overflow, Service::default());
         Namer {
             limits,
             services,
@@ -231,15 +247,21 @@ impl Namer {
         }
     }
 
-    pub fn service(&mut self, name: &str) -> ServiceId {
-        if let Some(i) = self.services.get_index_of(name) {
+    /// The id of the service `name` (of `pod`, if in one). Asked once per
+    /// process, not per request: it allocates.
+    pub fn service(&mut self, name: &str, pod: Option<&Arc<PodLabels>>) -> ServiceId {
+        let key = ServiceKey {
+            name: name.into(),
+            pod: pod.cloned(),
+        };
+        if let Some(i) = self.services.get_index_of(&key) {
             return ServiceId(i as u32);
         }
         // The overflow entry does not count against the budget.
         if self.services.len() > self.limits.services {
             return ServiceId::OVERFLOW;
         }
-        let (i, _) = self.services.insert_full(name.into(), Service::default());
+        let (i, _) = self.services.insert_full(key, Service::default());
         ServiceId(i as u32)
     }
 
@@ -287,7 +309,14 @@ impl Namer {
     pub fn service_label(&self, service: ServiceId) -> &str {
         self.services
             .get_index(service.0 as usize)
-            .map_or(OVERFLOW, |(name, _)| name)
+            .map_or(OVERFLOW, |(key, _)| &key.name)
+    }
+
+    /// The `k8s_*` labels of `service`, if its processes run in a pod.
+    pub fn pod_labels(&self, service: ServiceId) -> Option<&PodLabels> {
+        self.services
+            .get_index(service.0 as usize)
+            .and_then(|(key, _)| key.pod.as_deref())
     }
 
     pub fn route_label(&self, service: ServiceId, route: RouteId) -> &str {
@@ -427,7 +456,7 @@ mod tests {
     #[test]
     fn routes_over_budget_overflow_and_admitted_ones_stay() {
         let mut n = Namer::new(limits(10, 2, 10));
-        let api = n.service("api");
+        let api = n.service("api", None);
         let a = n.route(api, "/a/1", false);
         let b = n.route(api, "/b", false);
         assert_eq!(n.route(api, "/c", false), RouteId::OVERFLOW);
@@ -437,7 +466,7 @@ mod tests {
         assert_eq!(n.route_label(api, RouteId::OVERFLOW), OVERFLOW);
 
         // The budget is per service.
-        let web = n.service("web");
+        let web = n.service("web", None);
         let c = n.route(web, "/c", false);
         assert!(!c.is_overflow());
         assert_eq!(n.route_label(web, c), "/c");
@@ -447,12 +476,12 @@ mod tests {
     fn remembered_paths_name_as_fresh_ones_do() {
         let paths = ["/a/1", "/b", "/a/2", "/c", "/d", "/a/1", "/c", "/b"];
         let mut cached = Namer::new(limits(10, 3, 10));
-        let s = cached.service("api");
+        let s = cached.service("api", None);
         for round in 0..2 {
             for (i, path) in paths.iter().enumerate() {
                 // A namer that never remembers, after the same history.
                 let mut fresh = Namer::new(limits(10, 3, 10));
-                let f = fresh.service("api");
+                let f = fresh.service("api", None);
                 for earlier in paths.iter().cycle().take(round * paths.len() + i) {
                     fresh.route(f, earlier, false);
                     fresh.services[1].paths.clear();
@@ -477,7 +506,7 @@ mod tests {
     #[test]
     fn remembered_paths_are_bounded() {
         let mut n = Namer::new(limits(10, 1000, 10));
-        let (a, b) = (n.service("a"), n.service("b"));
+        let (a, b) = (n.service("a", None), n.service("b", None));
         let first = n.route(a, "/first", false);
         for i in 0..CACHED_PATHS {
             n.route(if i % 2 == 0 { a } else { b }, &format!("/p{i}"), false);
@@ -492,11 +521,11 @@ mod tests {
     #[test]
     fn services_over_budget_share_one_overflow_service() {
         let mut n = Namer::new(limits(2, 1, 10));
-        let a = n.service("a");
-        let b = n.service("b");
-        assert_eq!(n.service("c"), ServiceId::OVERFLOW);
-        assert_eq!(n.service("d"), ServiceId::OVERFLOW);
-        assert_eq!((n.service("a"), n.service("b")), (a, b));
+        let a = n.service("a", None);
+        let b = n.service("b", None);
+        assert_eq!(n.service("c", None), ServiceId::OVERFLOW);
+        assert_eq!(n.service("d", None), ServiceId::OVERFLOW);
+        assert_eq!((n.service("a", None), n.service("b", None)), (a, b));
         assert_eq!(n.service_label(ServiceId::OVERFLOW), OVERFLOW);
         assert_eq!(n.service_label(b), "b");
         // The overflow service has a route budget of its own.
@@ -508,7 +537,7 @@ mod tests {
     #[test]
     fn peers_over_budget_overflow() {
         let mut n = Namer::new(limits(2, 1, 1));
-        let s = n.service("client");
+        let s = n.service("client", None);
         let p = n.peer(s, "10.0.0.1:8080".parse().unwrap());
         assert_eq!(
             n.peer_labels(s, p),
@@ -526,7 +555,7 @@ mod tests {
     #[test]
     fn zero_budgets_send_everything_to_overflow() {
         let mut n = Namer::new(limits(0, 0, 0));
-        let s = n.service("a");
+        let s = n.service("a", None);
         assert!(s.is_overflow());
         assert!(n.route(s, "/", false).is_overflow());
         assert!(n.peer(s, "1.2.3.4:5".parse().unwrap()).is_overflow());

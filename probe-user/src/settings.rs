@@ -524,6 +524,15 @@ mod tests {
                 "otlp-metrics-interval-secs: 60",
                 &["--otlp-metrics-interval-secs", "60"],
             ),
+            ("kubernetes: false", &["--kubernetes=false"]),
+            (
+                "kubernetes-api: http://127.0.0.1:8001",
+                &["--kubernetes-api", "http://127.0.0.1:8001"],
+            ),
+            (
+                "node-name: node-a.example",
+                &["--node-name", "node-a.example"],
+            ),
         ];
         let mut untested = config_keys();
         untested.retain(|key| {
@@ -579,6 +588,9 @@ mod tests {
         ("trace-sample-ratio", "1.5", "not a ratio from 0 to 1"),
         ("otlp-metrics", "yes", "expected one of true, false"),
         ("otlp-metrics-interval-secs", "0", "0 is not in 1..=3600"),
+        ("kubernetes", "maybe", "value was not a boolean"),
+        ("kubernetes-api", "kubernetes:443", "`kubernetes:443` is not an http:// or https:// URL"),
+        ("node-name", "Node_A", "not a DNS subdomain (lower-case letters, digits, '-' and '.')"),
     ];
 
     #[test]

@@ -87,6 +87,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::exchange::{Finished, Observation, RequestId, Side, Started};
+use crate::kubernetes::PodLabels;
 use crate::metrics::{method_label, OTHER_METHOD};
 use crate::process::Names;
 use crate::route;
@@ -125,6 +126,8 @@ pub struct SpanRecord {
     pub service_name: String,
     pub pid: u32,
     pub exe_name: String,
+    /// The `k8s.*` resource attributes, for a process in a pod.
+    pub pod: Option<Arc<PodLabels>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,6 +297,8 @@ impl Assembler {
             path_truncated: request.path_truncated,
             version: request.version,
             service_name: names.service_name(s.at.tgid).to_owned(),
+            exe_name: names.exe_name(s.at.tgid).to_owned(),
+            pod: names.pod(s.at.tgid).cloned(),
             older: None,
             newer: None,
             state: State::InFlight,
@@ -427,7 +432,6 @@ impl Assembler {
         let Some(span) = self.spans.get_mut(&id) else {
             return;
         };
-        let service_name = std::mem::take(&mut span.service_name);
         out.push(SpanRecord {
             trace_id,
             span_id,
@@ -449,10 +453,9 @@ impl Assembler {
                 Side::Server => status >= 500,
                 Side::Client => status >= 400,
             },
-            // The service name is the program's basename (its `comm` when
-            // /proc has no answer): what process.executable.name means.
-            exe_name: service_name.clone(),
-            service_name,
+            service_name: std::mem::take(&mut span.service_name),
+            exe_name: std::mem::take(&mut span.exe_name),
+            pod: span.pod.take(),
             pid,
         });
         self.stats.emitted += 1;
@@ -566,6 +569,8 @@ impl Assembler {
             span.method = String::new();
             span.path = String::new();
             span.service_name = String::new();
+            span.exe_name = String::new();
+            span.pod = None;
             return;
         }
         if let Some(Origin::Local(parent)) = self.forget(id) {
@@ -678,6 +683,8 @@ struct Span {
     path_truncated: bool,
     version: &'static str,
     service_name: String,
+    exe_name: String,
+    pod: Option<Arc<PodLabels>>,
     /// Neighbours in the thread's list while an in-flight SERVER span.
     older: Option<RequestId>,
     newer: Option<RequestId>,
@@ -1186,6 +1193,7 @@ mod tests {
                 service_name: "svc-b".into(),
                 pid: 200,
                 exe_name: "svc-b".into(),
+                pod: None,
             }
         );
         assert_eq!(
@@ -2073,6 +2081,46 @@ mod tests {
         );
         assert_eq!(asm.stats().stitch_rejected, 1);
         assert!(h_is_clean(&asm));
+    }
+
+    #[test]
+    fn spans_of_a_process_in_a_pod_carry_its_workload_and_pod() {
+        use crate::kubernetes::{cgroup::ContainerId, Pod, Pods, Workload};
+        let proc = tempfile::tempdir().unwrap();
+        let dir = proc.path().join("400");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/node", dir.join("exe")).unwrap();
+        let id = "c".repeat(64);
+        std::fs::write(dir.join("cgroup"), format!("0::/docker/{id}\n")).unwrap();
+        let pods = Pods::default();
+        pods.replace(&[Pod {
+            uid: "6b1f0e2a-4c3d-4e5f-9a8b-7c6d5e4f3a2b".into(),
+            namespace: "web".into(),
+            name: "front-0".into(),
+            workloads: vec![(Workload::StatefulSet, "front".into())],
+            containers: vec![(ContainerId::from_hex(id.as_bytes()).unwrap(), "app".into())],
+        }]);
+        let mut h = Harness::new();
+        h.names = Names::new(ProcFs::new(proc.path()), 64).with_pods(pods);
+        let r = req(
+            1,
+            Server,
+            (400, 400),
+            "127.0.0.1:80",
+            "127.0.0.1:5000",
+            0,
+            "/",
+        );
+        h.feed(&[r.start(0), r.finish(200, 0, 1)]);
+        let (spans, _) = h.finish();
+        assert_eq!(spans.len(), 1);
+        let span = &spans[0];
+        assert_eq!(
+            (span.service_name.as_str(), span.exe_name.as_str()),
+            ("front", "node")
+        );
+        let pod = span.pod.as_ref().unwrap().values();
+        assert_eq!(pod[..3], ["web", "front-0", "app"]);
     }
 
     #[test]

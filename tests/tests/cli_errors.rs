@@ -73,6 +73,17 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("trace-sample-ratio", "2", "not a ratio from 0 to 1"),
     ("otlp-metrics", "1", "expected one of true, false"),
     ("otlp-metrics-interval-secs", "3601", "3601 is not in 1..=3600"),
+    ("kubernetes", "maybe", "value was not a boolean"),
+    (
+        "kubernetes-api",
+        "kubernetes:443",
+        "`kubernetes:443` is not an http:// or https:// URL",
+    ),
+    (
+        "node-name",
+        "Node_A",
+        "not a DNS subdomain (lower-case letters, digits, '-' and '.')",
+    ),
 ];
 
 /// Flags that take no value.
