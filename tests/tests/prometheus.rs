@@ -1,6 +1,6 @@
 //! sonde scraped by a real Prometheus server with the rules of
 //! deploy/prometheus loaded: its HTTP API answers what the traffic implies,
-//! a 5xx burst puts the error-ratio alert in ALERTS, and every panel of
+//! a 5xx burst fires the error-ratio alert, and every panel of
 //! deploy/grafana/sonde-dashboard.json returns data.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use sonde_tests::clients::HttpConn;
 use sonde_tests::names::SERVER_DURATION_COUNT;
+use sonde_tests::process::TempDir;
 use sonde_tests::prometheus_server::{PrometheusServer, Sample, INTERVAL, JOB};
 use sonde_tests::servers;
 use sonde_tests::sonde::Sonde;
@@ -22,6 +23,10 @@ const FAST_PER_SECOND: u32 = 10;
 const TRAFFIC: Duration = Duration::from_secs(6);
 /// Failures of the 5xx burst.
 const BURST: u32 = 30;
+/// Every alert's `for:` in the test's copy of the alerts: minutes of a
+/// condition holding do not fit in a test; the durations themselves are
+/// covered by the promtool unit tests of deploy/prometheus/tests.
+const TEST_FOR: &str = "3s";
 /// Stands for Grafana's `$__rate_interval`: at least four scrape intervals.
 const RATE_INTERVAL: &str = "5s";
 
@@ -29,6 +34,28 @@ fn deploy(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy")
         .join(path)
+}
+
+/// deploy/prometheus/sonde-alerts.yaml with every `for:` set to
+/// [`TEST_FOR`], written in `dir`.
+fn alerts_with_short_for(dir: &TempDir) -> PathBuf {
+    let text = std::fs::read_to_string(deploy("prometheus/sonde-alerts.yaml")).unwrap();
+    let mut shortened = 0;
+    let copy: String = text
+        .lines()
+        .map(|line| match line.trim_start().strip_prefix("for: ") {
+            Some(_) => {
+                shortened += 1;
+                let indent = &line[..line.len() - line.trim_start().len()];
+                format!("{indent}for: {TEST_FOR}\n")
+            }
+            None => format!("{line}\n"),
+        })
+        .collect();
+    assert!(shortened > 0, "no `for:` in the alerts:\n{text}");
+    let path = dir.path().join("sonde-alerts.yaml");
+    std::fs::write(&path, copy).unwrap();
+    path
 }
 
 fn unix_now() -> f64 {
@@ -49,11 +76,12 @@ fn only(samples: &[Sample], what: &str) -> f64 {
 fn prometheus_rules_and_dashboard_on_real_traffic() {
     let server = servers::python();
     let sonde = Sonde::watching_ports(&[server.port()]);
+    let dir = TempDir::new("prometheus-alerts").unwrap();
     let prometheus = PrometheusServer::scraping(
         sonde.metrics_addr(),
         &[
             deploy("prometheus/sonde-recording-rules.yaml"),
-            deploy("prometheus/sonde-alerts.yaml"),
+            alerts_with_short_for(&dir),
         ],
     )
     .unwrap_or_else(|e| panic!("{e:?}"));
@@ -139,21 +167,32 @@ fn prometheus_rules_and_dashboard_on_real_traffic() {
     assert!(measured < 0.1, "{fast_p95} = {measured}");
 
     // A 5xx burst: /boom's error ratio is 1, over the 1% threshold. The
-    // alert needs `for: 5m` to fire, longer than a test should run, so it is
-    // seen pending here; firing after 5 minutes is covered by the promtool
-    // unit tests of deploy/prometheus/tests.
+    // alert is pending first, then fires once its (shortened) `for:` held.
     for _ in 0..BURST {
         assert_eq!(fast.get("/boom").unwrap().status, 500);
     }
-    let alerts = prometheus.await_query(
+    let error_ratio_alert = r#"ALERTS{alertname="HTTPServerErrorRatioHigh"}"#;
+    let pending = prometheus.await_query(
         "the error-ratio alert pending",
-        r#"ALERTS{alertname="HTTPServerErrorRatioHigh"}"#,
+        error_ratio_alert,
         SEEN_TIMEOUT,
         |r| !r.is_empty(),
     );
+    assert_eq!(pending.len(), 1, "{pending:#?}");
+    assert_eq!(
+        pending[0].label("alertstate"),
+        Some("pending"),
+        "{pending:?}"
+    );
+    let alerts = prometheus.await_query(
+        "the error-ratio alert firing",
+        error_ratio_alert,
+        SEEN_TIMEOUT,
+        |r| r.iter().any(|a| a.label("alertstate") == Some("firing")),
+    );
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let alert = &alerts[0];
-    assert_eq!(alert.label("alertstate"), Some("pending"), "{alert:?}");
+    assert_eq!(alert.label("alertstate"), Some("firing"), "{alert:?}");
     assert_eq!(alert.label("service_name"), Some(svc.as_str()), "{alert:?}");
     assert_eq!(alert.label("http_route"), Some("/boom"), "{alert:?}");
     assert_eq!(alert.label("severity"), Some("critical"), "{alert:?}");
