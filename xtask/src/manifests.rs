@@ -222,6 +222,14 @@ pub fn problems(objects: &[Value]) -> Vec<String> {
             problems.push(format!("volume mount {} is writable", mount["mountPath"]));
         }
     }
+    if !array_at(container, "/env").iter().any(|var| {
+        var["name"] == "SONDE_NODE_NAME"
+            && var.pointer("/valueFrom/fieldRef/fieldPath") == Some(&Value::from("spec.nodeName"))
+    }) {
+        problems.push(
+            "SONDE_NODE_NAME is not set from spec.nodeName: pods could not be watched".into(),
+        );
+    }
     problems.extend(config_problems(objects, spec, container));
     problems.extend(port_problems(objects, pod, container));
     problems
@@ -351,7 +359,7 @@ mod tests {
         let objects = render("deploy/kubernetes").expect("render (cargo xtask setup?)");
         assert_eq!(problems(&objects), Vec::<String>::new());
         let container = "/spec/template/spec/containers/0";
-        let cases: [(&str, Value, &str); 12] = [
+        let cases: [(&str, Value, &str); 13] = [
             ("/spec/template/spec/hostPID", false.into(), "hostPID"),
             (
                 &format!("{container}/securityContext/privileged"),
@@ -397,6 +405,11 @@ mod tests {
                 &format!("{container}/volumeMounts/1/readOnly"),
                 false.into(),
                 "writable",
+            ),
+            (
+                &format!("{container}/env/0/valueFrom/fieldRef/fieldPath"),
+                "metadata.name".into(),
+                "SONDE_NODE_NAME",
             ),
             (
                 "/spec/template/spec/tolerations/0/effect",
