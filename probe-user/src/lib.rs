@@ -10,6 +10,8 @@ pub mod conn;
 pub mod event;
 pub mod exchange;
 pub mod http1;
+#[cfg(any(test, fuzzing))]
+pub mod invariants;
 pub mod loader;
 pub mod metrics;
 pub mod otlp;
