@@ -13,8 +13,8 @@
 //! processes: every request started ends exactly once (finished or
 //! abandoned), on the connection it started on, never later than it could;
 //! no connection holds more than `max_pending` requests; the tables stay
-//! within their bounds; and once every fd is closed and every process gone,
-//! nothing is left.
+//! within their bounds; connections idle past the timeout are expired; and
+//! once every fd is closed and every process gone, nothing is left.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -375,12 +375,19 @@ pub fn check_tracker(run: &Run) {
         max_pending: 1 + usize::from(run.max_pending % 4),
     };
     let mut tracker = Tracker::new(config.clone());
-    let mut ledger = Ledger::new(config);
+    let mut ledger = Ledger::new(config.clone());
     for step in &run.steps {
         match step {
             Step::Expire { after_ms } => {
-                ledger.now += u64::from(*after_ms) * 1_000_000;
+                let idle_ns = u64::from(*after_ms) * 1_000_000;
+                ledger.now += idle_ns;
                 tracker.expire(ledger.now, &mut ledger);
+                if idle_ns > config.idle_timeout_ns {
+                    // Every connection was idle that long: none may stay
+                    // live, no request outstanding.
+                    assert_eq!(tracker.len(), 0, "idle connections not expired");
+                    assert!(ledger.outstanding.is_empty(), "requests not expired");
+                }
             }
             _ => {
                 ledger.now += 1_000;
