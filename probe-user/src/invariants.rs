@@ -7,9 +7,10 @@
 //! in part: every call returns, outputs follow the message grammar (a head,
 //! then its end; nothing after a tunnel), body sizes never exceed the bytes
 //! moved, times stay within the reads that carried them, no path keeps a
-//! query string, the head buffer stays bounded; and, captured in full, the
-//! split stream reads as the same stream in one read up to the first loss
-//! of sync. Tracker, per sequence of events over a few connections and
+//! query string, the head buffer stays bounded; captured in full, the split
+//! stream reads as the same stream in one read up to the first loss of sync;
+//! captured in part, as captured in full up to the first sign of the loss.
+//! Tracker, per sequence of events over a few connections and
 //! processes: every request started ends exactly once (finished or
 //! abandoned), on the connection it started on, never later than it could;
 //! no connection holds more than `max_pending` requests; the tables stay
