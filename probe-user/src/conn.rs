@@ -143,6 +143,23 @@ impl Default for TrackerConfig {
 /// comment. A process rarely holds more than a reader's and a writer's.
 const MAX_FDS_PER_SOCKET: usize = 4;
 
+/// What the tracker holds, against its bounds: see `Tracker::footprint`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Live and buried connections (each at most `max_connections`).
+    pub live: usize,
+    pub buried: usize,
+    /// Open fds, sockets and processes indexed, for live or buried connections.
+    pub fds: usize,
+    pub sockets: usize,
+    pub processes: usize,
+    /// The most requests awaiting a response on one connection (at most
+    /// `max_pending`).
+    pub most_pending: usize,
+    /// The most bytes one parser holds for a head (see `Parser::held_bytes`).
+    pub most_head_bytes: usize,
+}
+
 /// Pairs requests with responses on every tracked connection.
 #[derive(Debug)]
 pub struct Tracker {
@@ -188,6 +205,24 @@ impl Tracker {
 
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+
+    /// What the tracker holds now. O(live connections): for checking its
+    /// bounds (tests, fuzzing), not for every event.
+    pub fn footprint(&self) -> Footprint {
+        let live = self.conns.values();
+        Footprint {
+            live: self.conns.len(),
+            buried: self.graves.graves.len(),
+            fds: self.ids.len(),
+            sockets: self.by_socket.len(),
+            processes: self.by_tgid.len(),
+            most_pending: live.clone().map(|c| c.pending.len()).max().unwrap_or(0),
+            most_head_bytes: live
+                .map(|c| c.inbound.held_bytes().max(c.outbound.held_bytes()))
+                .max()
+                .unwrap_or(0),
+        }
     }
 
     /// Consumes one event (in ring-buffer order) and hands what it caused to

@@ -17,11 +17,11 @@ use trace_context::TraceHeaders;
 
 /// Longest head kept while waiting for its end (RFC 9112 leaves it to us;
 /// 16 KiB is more than any common server accepts by default).
-const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_HEAD: usize = 16 * 1024;
 /// A head buffer that grew past this is freed once the head is parsed:
 /// heads rarely span reads, and 65536 connections × 2 directions must not
 /// each pin 16 KiB.
-const HEAD_BUFFER_KEPT: usize = 1024;
+pub const HEAD_BUFFER_KEPT: usize = 1024;
 /// Longest method token accepted (the longest registered one has 17 bytes).
 /// A bound this tight makes binary garbage fail on its first bytes.
 const MAX_METHOD: usize = 20;
@@ -284,6 +284,13 @@ impl Parser {
     /// Between messages and in sync: nothing of this stream is pending.
     pub fn is_idle(&self) -> bool {
         self.state == State::Idle
+    }
+
+    /// Heap bytes held for a head spanning reads or writes: at most twice
+    /// `MAX_HEAD` (the buffer's growth), and at most `HEAD_BUFFER_KEPT`
+    /// outside a head.
+    pub fn held_bytes(&self) -> usize {
+        self.head.capacity()
     }
 
     /// A head has begun and not ended: at a close, a message that will never

@@ -11,6 +11,8 @@ pub mod conn;
 pub mod event;
 pub mod exchange;
 pub mod http1;
+#[cfg(any(test, fuzzing))]
+pub mod invariants;
 pub mod kubernetes;
 pub mod loader;
 pub mod metrics;

@@ -7,6 +7,7 @@ mod bench;
 mod children;
 mod cmd;
 mod demo;
+mod fuzz;
 mod http_get;
 mod manifests;
 mod prometheus_rules;
@@ -70,6 +71,13 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         seconds: Option<u64>,
     },
+    /// Run every fuzz target (fuzz/, cargo-fuzz on nightly) for a while each;
+    /// installs cargo-fuzz if missing.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        seconds: u64,
+    },
     /// fmt, clippy, unit tests, release build and privileged end-to-end tests.
     Test {
         /// Only fmt, clippy and unit tests.
@@ -117,6 +125,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if !bench::bench(options)? {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Fuzz { seconds } => {
+            setup::ensure(setup::Scope::Fuzz, setup::Root::OnlyToInstall)?;
+            fuzz::run_all(seconds)?;
         }
         Command::Test { unit, e2e } => {
             // The suite prints its own verdict as its last line.

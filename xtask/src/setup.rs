@@ -18,8 +18,21 @@ use crate::cmd;
 pub enum Scope {
     /// Compiling sonde (its build script builds the eBPF object).
     Build,
-    /// Building, running the daemon and the end-to-end tests' peers.
+    /// Building, and fuzzing with cargo-fuzz.
+    Fuzz,
+    /// Building, fuzzing, running the daemon and the end-to-end tests' peers.
     Everything,
+}
+
+impl Scope {
+    /// Whether what `needed_for` needs must be present for this scope.
+    fn includes(self, needed_for: Scope) -> bool {
+        match self {
+            Scope::Everything => true,
+            Scope::Fuzz => needed_for != Scope::Everything,
+            Scope::Build => needed_for == Scope::Build,
+        }
+    }
 }
 
 /// Whether not being root is an error even when nothing is missing.
@@ -57,6 +70,8 @@ const APT_PACKAGES: &[(&str, Scope)] = &[
 const KUBERNETES_VALIDATE: (&str, &str) = ("kubernetes-validate", "1.37.0");
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Installed when `cargo fuzz` is missing; one that is present is used as is.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const TRACEFS: &str = "/sys/kernel/tracing";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -67,6 +82,7 @@ enum Action {
     NightlyToolchain,
     RustSrc,
     BpfLinker,
+    CargoFuzz,
     MountTracefs,
     MountBpffs,
     PipInstall(&'static str, &'static str),
@@ -99,7 +115,7 @@ fn missing(scope: Scope) -> Result<Vec<Action>> {
 
     let wanted: Vec<&str> = APT_PACKAGES
         .iter()
-        .filter(|(_, needed_for)| scope == Scope::Everything || *needed_for == Scope::Build)
+        .filter(|(_, needed_for)| scope.includes(*needed_for))
         .map(|(name, _)| *name)
         .collect();
     let mut apt = missing_packages(&wanted)?;
@@ -134,6 +150,12 @@ fn missing(scope: Scope) -> Result<Vec<Action>> {
     let linker = cmd::stdout_if_ok(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if linker.split_whitespace().nth(1) != Some(BPF_LINKER_VERSION) {
         actions.push(Action::BpfLinker);
+    }
+
+    if scope.includes(Scope::Fuzz)
+        && cmd::stdout_if_ok(Command::new("cargo").args(["fuzz", "--version"])).is_none()
+    {
+        actions.push(Action::CargoFuzz);
     }
 
     if scope == Scope::Everything {
@@ -205,6 +227,7 @@ impl fmt::Display for Action {
             Action::NightlyToolchain => write!(f, "install the nightly toolchain"),
             Action::RustSrc => write!(f, "add rust-src to nightly"),
             Action::BpfLinker => write!(f, "install bpf-linker {BPF_LINKER_VERSION}"),
+            Action::CargoFuzz => write!(f, "install cargo-fuzz {CARGO_FUZZ_VERSION}"),
             Action::MountTracefs => write!(f, "mount tracefs at {TRACEFS}"),
             Action::MountBpffs => write!(f, "mount bpffs at {BPFFS}"),
             Action::PipInstall(name, version) => write!(f, "pip install {name}=={version}"),
@@ -256,6 +279,13 @@ fn perform(action: &Action) -> Result<()> {
                 .args(["--no-default-features", "--features", "llvm-22"])
                 .env("LLVM_PREFIX", LLVM_PREFIX),
         ),
+        Action::CargoFuzz => cmd::run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ])),
         Action::MountTracefs => {
             cmd::run(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))
         }
@@ -288,6 +318,25 @@ mod tests {
         ];
         for (package, expected) in cases {
             assert_eq!(is_installed(listing, package), expected, "{package}");
+        }
+    }
+
+    #[test]
+    fn scopes_include_what_they_need() {
+        use Scope::*;
+        let cases = [
+            (Build, Build, true),
+            (Build, Fuzz, false),
+            (Build, Everything, false),
+            (Fuzz, Build, true),
+            (Fuzz, Fuzz, true),
+            (Fuzz, Everything, false),
+            (Everything, Build, true),
+            (Everything, Fuzz, true),
+            (Everything, Everything, true),
+        ];
+        for (scope, needed_for, expected) in cases {
+            assert_eq!(scope.includes(needed_for), expected);
         }
     }
 

@@ -1,6 +1,6 @@
-//! `cargo xtask test`, what CI runs: formatting, lints, unit tests, the
-//! checks of deploy/ by their own tools, the release build and the
-//! privileged end-to-end tests against the real kernel, then a quick bench
+//! `cargo xtask test`, what CI runs: formatting, lints, unit tests, a short
+//! fuzzing run, the checks of deploy/ by their own tools, the release build
+//! and the privileged end-to-end tests against the real kernel, then a quick bench
 //! that asserts sonde's counts under load. Independent steps all run even
 //! after a failure, and test runs go on past failing test binaries, so one
 //! CI run reports every problem; the end-to-end tests and the bench need the
@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::{cmd, manifests, prometheus_rules, setup, workspace};
+use crate::{cmd, fuzz, manifests, prometheus_rules, setup, workspace};
+
+/// Seconds each fuzz target runs in the suite (`cargo xtask fuzz` runs
+/// longer), and the step's name, which says so.
+const FUZZ_SECONDS: u64 = 20;
+const FUZZ_STEP: &str = "fuzz (20 s per target)";
 
 #[derive(Clone, Copy)]
 pub struct Selection {
@@ -95,6 +100,8 @@ pub fn test(selection: Selection) -> Result<bool> {
             "probe-ebpf",
         ]);
         results.push(("unit tests", step(&mut unit)));
+
+        results.push((FUZZ_STEP, timed(|| fuzz::run_all(FUZZ_SECONDS))));
 
         results.push(("prometheus rules", timed(prometheus_rules::check)));
         results.push(("kubernetes manifests", timed(manifests::check)));
