@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
+use serde_json::Value;
 use sonde_tests::clients::HttpConn;
 use sonde_tests::names::{self, SERVER_DURATION_COUNT};
 use sonde_tests::process::{free_port, poll, run_to_exit, Finished};
@@ -28,56 +29,44 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const NOBODY: u32 = 65534;
 
-/// The BPF programs or maps (`kind`: "prog" or "map") loaded in the kernel,
-/// as (id, name), from `bpftool -j <kind> show`.
-fn loaded(kind: &str) -> Vec<(u64, String)> {
+/// The BPF objects of `kind` ("prog", "map" or "link") in the kernel, as
+/// `bpftool -j <kind> show` describes them.
+fn bpftool_show(kind: &str) -> Vec<Value> {
     let output = Command::new("bpftool")
         .args(["-j", kind, "show"])
         .output()
         .expect("run bpftool (installed by `cargo xtask setup`)");
     assert!(output.status.success(), "bpftool {kind} show: {output:?}");
-    let json = String::from_utf8(output.stdout).expect("bpftool prints UTF-8");
-    // A flat array of objects that each start with their id; nested objects
-    // (such as `pids`) have no `id` key.
-    json.split("{\"id\":")
-        .skip(1)
+    match serde_json::from_slice(&output.stdout) {
+        Ok(Value::Array(objects)) => objects,
+        other => panic!("bpftool {kind} show printed no JSON array: {other:?}"),
+    }
+}
+
+/// The number `key` of a bpftool object.
+fn number(object: &Value, key: &str) -> u64 {
+    object[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in bpftool's {object}"))
+}
+
+/// The BPF programs or maps (`kind`: "prog" or "map") loaded in the kernel,
+/// as (id, name).
+fn loaded(kind: &str) -> Vec<(u64, String)> {
+    bpftool_show(kind)
+        .iter()
         .map(|object| {
-            let digits = object.split(|c: char| !c.is_ascii_digit()).next();
-            let id = digits
-                .and_then(|d| d.parse().ok())
-                .unwrap_or_else(|| panic!("no id in bpftool output: {object}"));
-            let name = object
-                .split_once("\"name\":\"")
-                .and_then(|(_, rest)| rest.split('"').next())
-                .unwrap_or_default();
-            (id, name.to_string())
+            let name = object["name"].as_str().unwrap_or_default();
+            (number(object, "id"), name.to_string())
         })
         .collect()
 }
 
-/// Every BPF link in the kernel as (link id, program id), from
-/// `bpftool -j link show`.
+/// Every BPF link in the kernel as (link id, program id).
 fn link_programs() -> Vec<(u64, u64)> {
-    let output = Command::new("bpftool")
-        .args(["-j", "link", "show"])
-        .output()
-        .expect("run bpftool (installed by `cargo xtask setup`)");
-    assert!(output.status.success(), "bpftool link show: {output:?}");
-    let json = String::from_utf8(output.stdout).expect("bpftool prints UTF-8");
-    let number_after = |text: &str, key: &str| -> Option<u64> {
-        let (_, rest) = text.split_once(key)?;
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    };
-    json.split("{\"id\":")
-        .skip(1)
-        .filter_map(|object| {
-            let link = number_after(object, "")?;
-            let prog = number_after(object, "\"prog_id\":")?;
-            Some((link, prog))
-        })
+    bpftool_show("link")
+        .iter()
+        .map(|object| (number(object, "id"), number(object, "prog_id")))
         .collect()
 }
 
