@@ -60,7 +60,10 @@ pub struct Config {
     /// Offset of `sk_socket` in `struct sock`, from the kernel's BTF: NULL
     /// once the owner has closed the socket (it is orphaned).
     pub sk_socket_off: u32,
-    pub _pad: u32,
+    /// Offset of `sk_protocol` in `struct sock`, from the kernel's BTF: the
+    /// data programs are raw tracepoints, which get the socket but not the
+    /// protocol the classic tracepoint's record carried.
+    pub sk_protocol_off: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
 

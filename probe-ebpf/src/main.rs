@@ -2,14 +2,14 @@
 //! write of every process, keep the ones that carry HTTP/1.x and hand them to
 //! userspace through one ring buffer.
 //!
-//! The data path is one program per socket call, on `sock:sock_recv_length`
-//! and `sock:sock_send_length`. They fire inside the socket layer, in the
-//! calling task, after the payload has moved: the tracepoint names the
-//! `struct sock`, its family and protocol and the byte count, and the
-//! syscall's own arguments (fd, buffer, iovecs) are still in the task's saved
-//! user registers. So no syscall entry has to be remembered, reads and writes
-//! of files, pipes and non-TCP sockets never run a program at all, and a
-//! server thread that was already blocked in recv when sonde attached is seen
+//! The data path is one program per socket call, on the raw tracepoints
+//! `sock_recv_length` and `sock_send_length`. They fire inside the socket
+//! layer, in the calling task, after the payload has moved: the tracepoint
+//! passes the `struct sock` and the byte count, and the syscall's own
+//! arguments (fd, buffer, iovecs) are still in the task's saved user
+//! registers. So no syscall entry has to be remembered, reads and writes of
+//! files and pipes never run a program at all (other sockets stop at the
+//! first check), and a server thread that was already blocked in recv when sonde attached is seen
 //! like any other. The kernel does only the cheap part (as Beyla does): it
 //! classifies a connection by a fixed prefix (`GET `, `HTTP/1.`…), copies a
 //! bounded prefix of the payload and timestamps it. Userspace parses and
@@ -22,7 +22,7 @@
 //! or client) from content.
 //!
 //! Everything not wanted is dropped as early as possible: non-TCP by
-//! family/protocol from the tracepoint itself, sonde and filtered-out
+//! the socket's family and protocol, sonde and filtered-out
 //! processes by tgid, and non-HTTP connections after their first payloads
 //! (`proto::OTHER`, one lookup per call from then on).
 #![no_std]
@@ -39,9 +39,9 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output},
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use probe_common::{
@@ -63,7 +63,7 @@ static CONFIG: Config = Config {
     wakeup_bytes: 1 << 20,
     sk_shutdown_off: 0,
     sk_socket_off: 0,
-    _pad: 0,
+    sk_protocol_off: 0,
 };
 
 #[inline(always)]
@@ -296,52 +296,78 @@ fn current_call(sk: u64, inbound: bool) -> Option<Call> {
 
 // ---------------------------------------------------------------- data
 
-/// `sock:sock_recv_length`: a socket read returned data to the task.
-#[tracepoint]
-pub fn sock_recv(ctx: TracePointContext) -> u32 {
+/// `sock_recv_length`: a socket read returned data to the task.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv(ctx: RawTracePointContext) -> u32 {
     on_sock_call(&ctx, true);
     0
 }
 
-/// `sock:sock_send_length`: a socket write accepted data from the task.
-#[tracepoint]
-pub fn sock_send(ctx: TracePointContext) -> u32 {
+/// `sock_send_length`: a socket write accepted data from the task.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send(ctx: RawTracePointContext) -> u32 {
     on_sock_call(&ctx, false);
     0
 }
 
-/// Attached instead of every program above by `sonde --bench-floor`: what
+/// Attached instead of the data programs by `sonde --bench-floor`: what
 /// `cargo xtask bench` calls the floor, the cost of hooking these
 /// tracepoints at all.
+#[raw_tracepoint]
+pub fn noop_raw(_ctx: RawTracePointContext) -> u32 {
+    0
+}
+
+/// The floor's program on the classic tracepoints (connection ends and
+/// process events).
 #[tracepoint]
 pub fn noop(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The data hooks are raw tracepoints: the program gets the tracepoint's
+/// arguments `(struct sock *sk, int ret, int flags)` as they are. A classic
+/// tracepoint first fills a trace record (`perf_trace_*`) for every socket
+/// call of every process, which cost the observed server more than the
+/// program itself did. The family and protocol the record carried are read
+/// from the socket instead, and only for calls that moved data.
 #[inline(always)]
-fn on_sock_call(ctx: &TracePointContext, inbound: bool) {
-    // struct trace_event_raw_sock_msg_length: sk @8, family @16,
-    // protocol @18, ret @20, flags @24.
-    let family = field::<u16>(ctx, 16);
-    let protocol = field::<u16>(ctx, 18);
-    let ret = field::<i32>(ctx, 20);
-    if ret <= 0 || protocol != IPPROTO_TCP || !(family == AF_INET || family == AF_INET6) {
+fn on_sock_call(ctx: &RawTracePointContext, inbound: bool) {
+    let ret = ctx.arg::<u64>(1) as i32;
+    if ret <= 0 {
         return;
     }
     // A peek leaves the bytes for the read that follows.
-    if inbound && field::<i32>(ctx, 24) & MSG_PEEK != 0 {
+    if inbound && ctx.arg::<u64>(2) as i32 & MSG_PEEK != 0 {
+        return;
+    }
+    let sk = ctx.arg::<u64>(0);
+    let cfg = config();
+    if !is_tcp(&cfg, sk) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let cfg = config();
     if !tgid_wanted(&cfg, (pid_tgid >> 32) as u32) {
         return;
     }
-    let sk = field::<u64>(ctx, 8);
     let Some(call) = current_call(sk, inbound) else {
         return;
     };
     on_data(&cfg, pid_tgid, &call, ret as u64);
+}
+
+/// An IPv4 or IPv6 TCP socket? `skc_family` is at offset 16 of `struct
+/// sock_common` (checked at load); `sk_protocol` moves, so it comes from BTF.
+#[inline(always)]
+fn is_tcp(cfg: &Config, sk: u64) -> bool {
+    let family: u16 = unsafe { bpf_probe_read_kernel((sk + 16) as *const u16) }.unwrap_or(0);
+    if family != AF_INET && family != AF_INET6 {
+        return false;
+    }
+    let protocol: u16 =
+        unsafe { bpf_probe_read_kernel((sk + cfg.sk_protocol_off as u64) as *const u16) }
+            .unwrap_or(0);
+    protocol == IPPROTO_TCP
 }
 
 // ---------------------------------------------------------------- connections

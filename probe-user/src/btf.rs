@@ -182,6 +182,8 @@ pub struct SockOffsets {
     pub sk_shutdown: u32,
     /// `sk_socket` in `struct sock`.
     pub sk_socket: u32,
+    /// `sk_protocol` in `struct sock`.
+    pub sk_protocol: u32,
 }
 
 pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
@@ -191,6 +193,7 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         // Optional: without it a shutdown(SHUT_WR) is taken for a close.
         sk_shutdown: btf.member_offset("sock", "sk_shutdown").unwrap_or(0),
         sk_socket: btf.member_offset("sock", "sk_socket")?,
+        sk_protocol: btf.member_offset("sock", "sk_protocol")?,
     })
 }
 

@@ -7,7 +7,7 @@ use std::{collections::HashSet, path::Path};
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use probe_common::{globals, maps, Config, ConnKey, ConnState};
@@ -22,19 +22,56 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// Program name → the tracepoints (category, name) it is attached to.
-const ATTACHMENTS: &[(&str, &str, &[&str])] = &[
-    ("sock_recv", "sock", &["sock_recv_length"]),
-    ("sock_send", "sock", &["sock_send_length"]),
-    ("sock_state", "sock", &["inet_sock_set_state"]),
-    ("sock_destroy", "tcp", &["tcp_destroy_sock"]),
-    ("process_exit", "sched", &["sched_process_exit"]),
-    ("process_fork", "sched", &["sched_process_fork"]),
-    ("process_exec", "sched", &["sched_process_exec"]),
+/// How a program is attached to its tracepoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hook {
+    /// A classic tracepoint: the program reads the record the kernel fills.
+    Classic,
+    /// A raw tracepoint: the program gets the tracepoint's arguments, and
+    /// the kernel fills no record. For the hooks every socket call passes.
+    Raw,
+}
+
+/// A program and the tracepoint (category, name) it is attached to.
+struct Attachment {
+    program: &'static str,
+    hook: Hook,
+    category: &'static str,
+    name: &'static str,
+}
+
+const fn at(
+    program: &'static str,
+    hook: Hook,
+    category: &'static str,
+    name: &'static str,
+) -> Attachment {
+    Attachment {
+        program,
+        hook,
+        category,
+        name,
+    }
+}
+
+const ATTACHMENTS: &[Attachment] = &[
+    at("sock_recv", Hook::Raw, "sock", "sock_recv_length"),
+    at("sock_send", Hook::Raw, "sock", "sock_send_length"),
+    at("sock_state", Hook::Classic, "sock", "inet_sock_set_state"),
+    at("sock_destroy", Hook::Classic, "tcp", "tcp_destroy_sock"),
+    at("process_exit", Hook::Classic, "sched", "sched_process_exit"),
+    at("process_fork", Hook::Classic, "sched", "sched_process_fork"),
+    at("process_exec", Hook::Classic, "sched", "sched_process_exec"),
 ];
 
-/// The program `--bench-floor` attaches to every tracepoint above instead.
-const NOOP: &str = "noop";
+/// The programs `--bench-floor` attaches instead, on the same hooks: empty,
+/// of the same type as the program each replaces.
+fn noop(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Classic => "noop",
+        Hook::Raw => "noop_raw",
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -105,16 +142,14 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
     check_layout(&btf)?;
     let off = btf::sock_offsets(&btf)?;
     ensure_tracefs()?;
-    for (_, category, names) in ATTACHMENTS {
-        for name in *names {
-            if !Path::new(TRACEFS)
-                .join("events")
-                .join(category)
-                .join(name)
-                .exists()
-            {
-                return Err(LoadError::MissingTracepoint(category, name));
-            }
+    for a in ATTACHMENTS {
+        if !Path::new(TRACEFS)
+            .join("events")
+            .join(a.category)
+            .join(a.name)
+            .exists()
+        {
+            return Err(LoadError::MissingTracepoint(a.category, a.name));
         }
     }
 
@@ -131,7 +166,7 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         wakeup_bytes: s.ringbuf_bytes / 8,
         sk_shutdown_off: off.sk_shutdown,
         sk_socket_off: off.sk_socket,
-        _pad: 0,
+        sk_protocol_off: off.sk_protocol,
     };
     let mut ebpf = EbpfLoader::new()
         .override_global(globals::CONFIG, &config, true)
@@ -141,23 +176,12 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         .load(OBJECT)
         .map_err(|e| LoadError::Load(error_chain(&e)))?;
 
-    let mut attached = 0;
-    if s.floor {
-        let prog = load_program(&mut ebpf, NOOP)?;
-        for (_, category, names) in ATTACHMENTS {
-            for name in *names {
-                attach(prog, NOOP, category, name)?;
-                attached += 1;
-            }
-        }
+    let mut loaded = HashSet::new();
+    for a in ATTACHMENTS {
+        let program = if s.floor { noop(a.hook) } else { a.program };
+        attach(&mut ebpf, &mut loaded, program, a)?;
     }
-    for (program, category, names) in ATTACHMENTS.iter().filter(|_| !s.floor) {
-        let prog = load_program(&mut ebpf, program)?;
-        for name in *names {
-            attach(prog, program, category, name)?;
-            attached += 1;
-        }
-    }
+    let attached = ATTACHMENTS.len();
 
     let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)
         .map_err(|_| LoadError::Map(maps::EVENTS))?;
@@ -191,31 +215,44 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
     Ok((probe, events))
 }
 
-fn load_program<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut TracePoint, LoadError> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| LoadError::Load(format!("program {program} not in the object")))?
-        .try_into()
-        .map_err(|e| LoadError::Load(format!("{program}: {e}")))?;
-    prog.load()
-        .map_err(|e| LoadError::Load(format!("{program}: {}", error_chain(&e))))?;
-    Ok(prog)
-}
-
+/// Loads `program` (once: the floor's programs serve several hooks) and
+/// attaches it where `a` says.
 fn attach(
-    prog: &mut TracePoint,
+    ebpf: &mut Ebpf,
+    loaded: &mut HashSet<&'static str>,
     program: &'static str,
-    category: &'static str,
-    name: &'static str,
+    a: &Attachment,
 ) -> Result<(), LoadError> {
-    prog.attach(category, name)
-        .map(|_| ())
-        .map_err(|e| LoadError::Attach {
-            program,
-            category,
-            name,
-            reason: error_chain(&e),
-        })
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| LoadError::Load(format!("program {program} not in the object")))?;
+    let load_failed =
+        |e: &dyn std::error::Error| LoadError::Load(format!("{program}: {}", error_chain(e)));
+    let attach_failed = |e: &dyn std::error::Error| LoadError::Attach {
+        program,
+        category: a.category,
+        name: a.name,
+        reason: error_chain(e),
+    };
+    let first = loaded.insert(program);
+    match a.hook {
+        Hook::Classic => {
+            let prog: &mut TracePoint = prog.try_into().map_err(|e| load_failed(&e))?;
+            if first {
+                prog.load().map_err(|e| load_failed(&e))?;
+            }
+            prog.attach(a.category, a.name)
+                .map_err(|e| attach_failed(&e))?;
+        }
+        Hook::Raw => {
+            let prog: &mut RawTracePoint = prog.try_into().map_err(|e| load_failed(&e))?;
+            if first {
+                prog.load().map_err(|e| load_failed(&e))?;
+            }
+            prog.attach(a.name).map_err(|e| attach_failed(&e))?;
+        }
+    }
+    Ok(())
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
