@@ -15,6 +15,7 @@ pub mod http1;
 pub mod invariants;
 pub mod kubernetes;
 pub mod loader;
+pub mod logging;
 pub mod metrics;
 pub mod otlp;
 pub mod otlp_metrics;

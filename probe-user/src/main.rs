@@ -21,6 +21,7 @@ use sonde::{
         Pods,
     },
     loader::{self, Settings},
+    logging,
     metrics::{Aggregator, AggregatorConfig, SelfMetrics},
     otlp, otlp_metrics,
     pipeline::{self, Pipeline, Tracing},
@@ -54,22 +55,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("sonde: {e}");
+            logging::fatal(&e.to_string());
             return ExitCode::from(USAGE);
         }
     };
-    // The filter was checked when the settings were read.
-    let filter = tracing_subscriber::EnvFilter::new(&cli.log_level);
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(&cli.log_level);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}");
-            eprintln!("sonde: {}", msg.replace('\n', " "));
+            logging::fatal(&format!("{e:#}").replace('\n', " "));
             if e.is::<UsageError>() {
                 ExitCode::from(USAGE)
             } else {

@@ -570,6 +570,7 @@ pub struct SelfMetrics {
     /// Children of `sonde_events_lost_total`, by kernel counter index.
     events_lost: Vec<(usize, IntCounter)>,
     not_http: IntCounter,
+    log_lines_lost: IntCounter,
 }
 
 impl SelfMetrics {
@@ -635,7 +636,19 @@ impl SelfMetrics {
                      protocols) and stopped capturing.",
                 )?,
             )?,
+            log_lines_lost: register(
+                registry,
+                IntCounter::new(
+                    "sonde_log_lines_lost_total",
+                    "sonde's own log lines that could not be written to stderr.",
+                )?,
+            )?,
         })
+    }
+
+    /// Makes `sonde_log_lines_lost_total` equal `total`, sonde's count since it started.
+    pub fn set_log_lines_lost(&self, total: u64) {
+        advance_to(&self.log_lines_lost, total);
     }
 
     pub fn record_events_read(&self, records: u64) {

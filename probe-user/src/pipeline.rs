@@ -21,6 +21,7 @@ use crate::{
     event::{self, Event},
     exchange::Observation,
     loader::Probe,
+    logging,
     metrics::{Aggregator, SelfMetrics},
     otlp::{DropReason, SpanSender},
     process::{Names, ProcFs},
@@ -228,6 +229,7 @@ pub fn run(
             last_tick = Instant::now();
             pipeline.tick(monotonic_ns());
             pipeline.own.set_kernel_counters(&probe.counters());
+            pipeline.own.set_log_lines_lost(logging::lines_lost());
         }
         if last_sweep.elapsed() >= SWEEP {
             last_sweep = Instant::now();

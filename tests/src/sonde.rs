@@ -34,6 +34,14 @@ pub fn sonde_bin() -> PathBuf {
         })
 }
 
+/// Where sonde's stdout and stderr go.
+enum Output {
+    /// The file [`Sonde::output`] reads.
+    File,
+    /// A pipe whose reader is gone.
+    ClosedPipe,
+}
+
 /// Held by each running sonde, so tests of one binary run one at a time
 /// even without `--test-threads=1`: concurrent tests would skew each other's
 /// timings and share the kernel's tracepoints.
@@ -76,7 +84,22 @@ impl Sonde {
         Sonde::launch(&sonde_bin(), args, env)
     }
 
+    /// [`start`](Self::start) with stdout and stderr a pipe nobody reads
+    /// any more (a log collector that died): every write fails.
+    pub fn start_with_closed_output(args: &[String]) -> Result<Sonde> {
+        Sonde::launch_with(&sonde_bin(), args, &[], Output::ClosedPipe)
+    }
+
     fn launch(bin: &Path, args: &[String], env: &[(&str, &str)]) -> Result<Sonde> {
+        Sonde::launch_with(bin, args, env, Output::File)
+    }
+
+    fn launch_with(
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        output_to: Output,
+    ) -> Result<Sonde> {
         if !is_root() {
             bail!("sonde loads eBPF programs: run the end-to-end tests as root");
         }
@@ -90,14 +113,22 @@ impl Sonde {
         let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         // One file for both streams, so lines keep their order.
         let output = File::create(&output_path)?;
+        let (stdout, stderr) = match output_to {
+            Output::File => (Stdio::from(output.try_clone()?), Stdio::from(output)),
+            Output::ClosedPipe => {
+                // The read end is dropped here: writes get EPIPE.
+                let (_reader, writer) = std::io::pipe()?;
+                (Stdio::from(writer.try_clone()?), Stdio::from(writer))
+            }
+        };
         let child = Command::new(bin)
             .arg("--metrics-addr")
             .arg(metrics.to_string())
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("spawn {} (set SONDE_BIN?)", bin.display()))?;
         let mut sonde = Sonde {

@@ -1,7 +1,8 @@
 //! sonde's life as a daemon: SIGTERM and SIGINT unload every eBPF program
 //! and exit 0, SIGKILL leaves nothing behind either and a new sonde takes
-//! over, the health endpoints answer, and start-up failures (not privileged,
-//! metrics port taken) end in one clear stderr line.
+//! over, the health endpoints answer, a stderr nobody reads does not stop
+//! it, and start-up failures (not privileged, metrics port taken) end in one
+//! clear stderr line.
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
@@ -199,6 +200,39 @@ fn sigkill_leaves_nothing_behind_and_a_new_sonde_takes_over() {
         SERVER_DURATION_COUNT,
         &names::server(&svc, "GET", "/fast", "200"),
         2.0,
+    );
+    sonde.stop();
+}
+
+/// A log collector that died leaves sonde's stderr a pipe with no reader:
+/// every log line fails to be written. sonde goes on counting, counts the
+/// lines it lost, and still exits cleanly.
+#[test]
+fn a_closed_stderr_loses_log_lines_not_monitoring() {
+    let server = servers::python();
+    let svc = server.service_name();
+    let args: Vec<String> = ["--port", &server.port().to_string(), "--log-level", "debug"]
+        .map(String::from)
+        .to_vec();
+    let sonde = Sonde::start_with_closed_output(&args).unwrap();
+    let mut conn = HttpConn::connect(server.port()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(conn.get("/fast").unwrap().status, 200);
+    }
+    sonde.await_value(
+        SERVER_DURATION_COUNT,
+        &names::server(&svc, "GET", "/fast", "200"),
+        3.0,
+    );
+    // At least the start-up lines ("serving /metrics", "sonde is watching")
+    // were lost; the count is published on the pipeline's next tick.
+    let scrape = sonde.await_scrape("log lines lost counted", |s| {
+        s.sum("sonde_log_lines_lost_total", &[]) >= 2.0
+    });
+    assert!(
+        sonde.output().is_empty(),
+        "{}",
+        sonde.failure("no output file", &scrape)
     );
     sonde.stop();
 }
