@@ -9,11 +9,11 @@
 //! arguments (fd, buffer, iovecs) are still in the task's saved user
 //! registers. So no syscall entry has to be remembered, reads and writes of
 //! files and pipes never run a program at all (other sockets stop at the
-//! first check), and a server thread that was already blocked in recv when sonde attached is seen
-//! like any other. The kernel does only the cheap part (as Beyla does): it
-//! classifies a connection by a fixed prefix (`GET `, `HTTP/1.`…), copies a
-//! bounded prefix of the payload and timestamps it. Userspace parses and
-//! pairs.
+//! first check), and a server thread that was already blocked in recv when
+//! sonde attached is seen like any other. The kernel does only the cheap
+//! part (as Beyla does): it classifies a connection by a fixed prefix
+//! (`GET `, `HTTP/1.`…), copies a bounded prefix of the payload and
+//! timestamps it. Userspace parses and pairs.
 //!
 //! No syscall tracepoint is used at all: enabling any of them puts every
 //! syscall of every process on the kernel's slow path (about 100 ns more per
@@ -21,10 +21,10 @@
 //! `sock:inet_sock_set_state` and `tcp:tcp_destroy_sock`, its side (server
 //! or client) from content.
 //!
-//! Everything not wanted is dropped as early as possible: non-TCP by
-//! the socket's family and protocol, sonde and filtered-out
-//! processes by tgid, and non-HTTP connections after their first payloads
-//! (`proto::OTHER`, one lookup per call from then on).
+//! Everything not wanted is dropped as early as possible: non-TCP by the
+//! socket's family and protocol, sonde and filtered-out processes by tgid,
+//! and non-HTTP connections after their first payloads (`proto::OTHER`, one
+//! lookup per call from then on).
 #![no_std]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

@@ -131,7 +131,6 @@ pub struct Probe {
     conns: BpfHashMap<MapData, ConnKey, ConnState>,
     socks: BpfHashMap<MapData, u64, ConnKey>,
     pid_filter: BpfHashMap<MapData, u32, u32>,
-    attached: usize,
 }
 
 pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
@@ -181,7 +180,6 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         let program = if s.floor { noop(a.hook) } else { a.program };
         attach(&mut ebpf, &mut loaded, program, a)?;
     }
-    let attached = ATTACHMENTS.len();
 
     let events = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)
         .map_err(|_| LoadError::Map(maps::EVENTS))?;
@@ -207,7 +205,6 @@ pub fn load(s: &Settings) -> Result<(Probe, RingBuf<MapData>), LoadError> {
         conns,
         socks,
         pid_filter,
-        attached,
     };
     for &pid in &s.pids {
         probe.allow_pid(pid);
@@ -335,7 +332,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl Probe {
     /// Tracepoint attachments made (one per program per tracepoint).
     pub fn attached(&self) -> usize {
-        self.attached
+        // Every attachment is made, or loading failed.
+        ATTACHMENTS.len()
     }
 
     /// Current totals of the kernel's counters, summed over CPUs, indexed
