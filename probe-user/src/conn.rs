@@ -792,8 +792,8 @@ impl Conn {
         if bad_traceparent {
             out.observe(&Observation::Anomaly(Anomaly::BadTraceparent));
         }
-        if cut {
-            out.observe(&Observation::Anomaly(Anomaly::Gap));
+        if let Some(why) = cut {
+            out.observe(&Observation::Anomaly(why));
         }
         if self.pending.len() >= max_pending {
             out.observe(&Observation::Abandoned {
@@ -823,11 +823,11 @@ impl Conn {
                 seq,
                 verified: self.aligned,
                 // The framing of a cut head is unknown, its body too.
-                body_bytes: cut.then_some(0),
+                body_bytes: cut.map(|_| 0),
                 status: None,
             });
         }
-        if cut {
+        if cut.is_some() {
             self.aligned = false;
         }
     }
@@ -1432,6 +1432,31 @@ mod tests {
         ]);
         assert_eq!(anomalies(&out), [Anomaly::Gap]);
         assert_eq!(finished(&out), [(1, 200, 1, 2, true), (2, 404, 3, 4, true)]);
+    }
+
+    /// A head too large to hold, read in full over many reads (as with
+    /// `--capture-bytes` at its maximum): paired as a cut one, counted as
+    /// `HeadTooLarge`; the rest of the head, read later, is not taken for
+    /// requests.
+    #[test]
+    fn head_too_large_is_paired_like_a_cut_one() {
+        let filler = b"X-Filler: abcdefghijklmnopqrstuvwxyz\r\n".repeat(200);
+        let mut events = vec![
+            open(1, RoleHint::Server),
+            data(1, In, 1, b"GET /big HTTP/1.1\r\n"),
+        ];
+        events.extend((2..6).map(|ts| data(1, In, ts, &filler)));
+        events.extend([
+            data(1, In, 6, b"X-Last: 1\r\n\r\n"),
+            data(1, Out, 7, OK),
+            data(1, In, 8, GET),
+            data(1, Out, 9, OK),
+        ]);
+        let out = track(&events);
+        assert_eq!(anomalies(&out), [Anomaly::HeadTooLarge]);
+        assert_eq!(started(&out), [(1, "/big".into()), (2, "/a".into())]);
+        assert_eq!(finished(&out), [(1, 200, 1, 7, true), (2, 200, 8, 9, true)]);
+        assert_eq!(abandoned(&out), []);
     }
 
     #[test]

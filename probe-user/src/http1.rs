@@ -68,10 +68,12 @@ pub struct RequestHead {
     /// Time and thread of the read or write holding its first byte.
     pub start_ns: u64,
     pub tid: u32,
-    /// The kernel did not copy the rest of the read or write holding it, so
-    /// its framing is unknown; the parser has lost sync (no `End` follows)
-    /// and waits for a read or write starting a message.
-    pub cut: bool,
+    /// Why the rest of its head went unparsed, if it did: the kernel did not
+    /// copy the rest of the read or write holding it (`Gap`), or the head
+    /// outgrew [`MAX_HEAD`] across reads (`HeadTooLarge`). Its framing is
+    /// then unknown; the parser has lost sync (no `End` follows) and waits
+    /// for a read or write starting a message.
+    pub cut: Option<Anomaly>,
     /// It carried a `traceparent` that is not valid: ignored, `request.trace`
     /// is None.
     pub bad_traceparent: bool,
@@ -396,17 +398,16 @@ impl Parser {
         if let Some(n) = find_head_end(rest, &mut self.eol) {
             input.advance(n);
             self.eol = 0;
-            let parsed = if self.head.len() + n > MAX_HEAD {
-                Err(Anomaly::HeadTooLarge)
-            } else {
-                self.head.extend_from_slice(&rest[..n]);
-                parse_head(&self.head, self.kind)
-            };
+            if self.head.len() + n > MAX_HEAD {
+                return self.cut_head(input, Anomaly::HeadTooLarge, out);
+            }
+            self.head.extend_from_slice(&rest[..n]);
+            let parsed = parse_head(&self.head, self.kind);
             self.release_head();
             return self.begin_head(input, parsed, answering, out);
         }
         if self.head.len() + rest.len() > MAX_HEAD {
-            return emit(out, self.lose_sync(input, Anomaly::HeadTooLarge));
+            return self.cut_head(input, Anomaly::HeadTooLarge, out);
         }
         self.head.extend_from_slice(rest);
         input.advance(rest.len());
@@ -416,19 +417,30 @@ impl Parser {
         if input.missing == 0 {
             return Flow::Done;
         }
-        // The kernel did not copy the rest of this head. A request line that
-        // reaches its path still says what was asked; the framing is lost.
+        self.cut_head(input, Anomaly::Gap, out)
+    }
+
+    /// The rest of the head is out of reach (`why`: the kernel did not copy
+    /// it, or it is too large to hold). A request line held up to its path
+    /// still says what was asked, so that request is reported, cut; the
+    /// framing is lost either way.
+    fn cut_head(&mut self, input: &mut Input<'_>, why: Anomaly, out: &mut Option<Output>) -> Flow {
         let cut = match self.kind {
-            Some(Kind::Response) => Err(Anomaly::Gap),
-            _ => cut_request(&self.head),
+            Some(Kind::Response) => Err(why),
+            // Too large, the held bytes are many: a line they do not show
+            // whole is too large too.
+            _ => cut_request(&self.head).map_err(|lost| match lost {
+                Anomaly::Gap => why,
+                other => other,
+            }),
         };
         match cut {
             Ok(parsed) => {
-                let output = self.request_head(parsed, true);
+                let output = self.request_head(parsed, Some(why));
                 self.unsync(input);
                 emit(out, output)
             }
-            Err(why) => emit(out, self.lose_sync(input, why)),
+            Err(lost) => emit(out, self.lose_sync(input, lost)),
         }
     }
 
@@ -446,7 +458,7 @@ impl Parser {
         }
     }
 
-    fn request_head(&self, mut head: Box<RequestHead>, cut: bool) -> Output {
+    fn request_head(&self, mut head: Box<RequestHead>, cut: Option<Anomaly>) -> Output {
         head.start_ns = self.start_ns;
         head.tid = self.start_tid;
         head.cut = cut;
@@ -471,7 +483,7 @@ impl Parser {
                     Some(Coding::Other) => return Err(Anomaly::BadHead),
                     None => Body::Length(framing.content_length.unwrap_or(0)),
                 };
-                (body, self.request_head(parsed, false))
+                (body, self.request_head(parsed, None))
             }
             StartLine::Response(status) => {
                 let tunnel = status == 101
@@ -1165,7 +1177,7 @@ impl RequestLine<'_> {
             },
             start_ns: 0,
             tid: 0,
-            cut: false,
+            cut: None,
             bad_traceparent: false,
         }))
     }
@@ -1334,7 +1346,11 @@ mod tests {
                     if r.path_truncated { "…" } else { "" },
                     r.version,
                     head.start_ns,
-                    if head.cut { " cut" } else { "" }
+                    match head.cut {
+                        None => String::new(),
+                        Some(Anomaly::Gap) => " cut".into(),
+                        Some(why) => format!(" cut ({})", why.label()),
+                    }
                 )
             }
             Output::Response { status, tunnel } => {
@@ -1797,15 +1813,87 @@ mod tests {
             ["req GET / 1.1 @1", "end 0 @4"]
         );
         assert_eq!(p.head.capacity(), 0, "a grown buffer is freed");
+    }
 
-        let mut p = Parser::new(REQ);
-        let seen = run(
-            &mut p,
-            &[pieces[0], pieces[1], pieces[2], pieces[2]],
-            Answering::Other,
-        );
-        assert_eq!(seen, ["desync head_too_large"]);
-        assert_eq!(p.head.capacity(), 0);
+    /// A head that outgrows `MAX_HEAD` across reads (each captured whole):
+    /// a request whose line was held is still reported, cut, as a head the
+    /// kernel cut short is; then the parser waits for a read that starts a
+    /// message. Anything else loses sync.
+    #[test]
+    fn heads_too_large_to_hold_report_what_their_line_says() {
+        let filler = b"X-Filler: 0123456789012345678901234567890123456789\r\n".repeat(150);
+        let filler_and_end = [filler.as_slice(), b"\r\n"].concat();
+        let huge_value = [b"X-Big: ".as_slice(), &[b'a'; 8000]].concat();
+        let long_target = [b"GET /".as_slice(), &[b'p'; 8000]].concat();
+        let absolute = [b"GET http://".as_slice(), &[b'h'; 8000]].concat();
+        let too_large = |request: &str| format!("req {request} 1.1 @1 cut (head_too_large)");
+        let long_path = too_large(&format!("GET /{}…", "p".repeat(MAX_PATH - 1)));
+        let cases: &[(&str, Option<Kind>, &[&[u8]], Option<String>)] = &[
+            (
+                "many headers, the end never held",
+                REQ,
+                &[
+                    b"GET /users/7?q=secret HTTP/1.1\r\n",
+                    &filler,
+                    &filler,
+                    &filler,
+                ],
+                Some(too_large("GET /users/7")),
+            ),
+            (
+                "many headers, the end in the read that overflows",
+                REQ,
+                &[b"GET /a HTTP/1.1\r\n", &filler, &filler, &filler_and_end],
+                Some(too_large("GET /a")),
+            ),
+            (
+                "one huge header over reads, unknown kind",
+                None,
+                &[
+                    b"POST /upload HTTP/1.1\r\n",
+                    &huge_value,
+                    &huge_value,
+                    &huge_value,
+                ],
+                Some(too_large("POST /upload")),
+            ),
+            (
+                "a request line longer than the head bound",
+                REQ,
+                &[&long_target, &long_target[4..], &long_target[4..]],
+                Some(long_path),
+            ),
+            (
+                "an authority longer than the head bound: no path",
+                REQ,
+                &[&absolute, &absolute[11..], &absolute[11..]],
+                None,
+            ),
+            (
+                "a response head",
+                RESP,
+                &[b"HTTP/1.1 200 OK\r\n", &filler, &filler, &filler],
+                None,
+            ),
+        ];
+        for (name, kind, reads, reported) in cases {
+            let mut pieces: Vec<Piece<'_>> = reads
+                .iter()
+                .zip(1..)
+                .map(|(read, ts)| whole(read, ts))
+                .collect();
+            pieces.push(whole(b"GET /next HTTP/1.1\r\n\r\n", 9));
+            let mut p = Parser::new(*kind);
+            let seen = run(&mut p, &pieces, Answering::Other);
+            let mut want = vec![reported
+                .clone()
+                .unwrap_or_else(|| "desync head_too_large".into())];
+            if *kind != RESP {
+                want.extend(["req GET /next 1.1 @9".into(), "end 0 @9".into()]);
+            }
+            assert_eq!(seen, want, "case: {name}");
+            assert!(p.head.capacity() <= HEAD_BUFFER_KEPT, "case: {name}");
+        }
     }
 
     #[test]
