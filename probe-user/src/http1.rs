@@ -421,27 +421,41 @@ impl Parser {
     }
 
     /// The rest of the head is out of reach (`why`: the kernel did not copy
-    /// it, or it is too large to hold). A request line held up to its path
-    /// still says what was asked, so that request is reported, cut; the
-    /// framing is lost either way.
+    /// it, or it is too large to hold).
     fn cut_head(&mut self, input: &mut Input<'_>, why: Anomaly, out: &mut Option<Output>) -> Flow {
+        input.discard();
+        emit(out, self.give_up_head(why))
+    }
+
+    /// The other direction answered while this stream is inside a request
+    /// head: a server refusing a head too large for it (431, 414, 400)
+    /// before reading all of it. The head will never be whole, so it is
+    /// given up, as `BadHead`; its request is reported, cut, so that the
+    /// answer pairs with it. None when not inside a head.
+    pub fn answered_mid_head(&mut self) -> Option<Output> {
+        (self.state == State::Head).then(|| self.give_up_head(Anomaly::BadHead))
+    }
+
+    /// Ends a head whose rest will not be parsed, for `why`, and waits for a
+    /// read or write that starts a message. A request line held up to its
+    /// path still says what was asked: that request is reported, cut.
+    /// Otherwise the stream has lost sync.
+    fn give_up_head(&mut self, why: Anomaly) -> Output {
         let cut = match self.kind {
             Some(Kind::Response) => Err(why),
-            // Too large, the held bytes are many: a line they do not show
-            // whole is too large too.
+            // The line not held up to its path is lost for `why`, unless it
+            // is invalid.
             _ => cut_request(&self.head).map_err(|lost| match lost {
                 Anomaly::Gap => why,
                 other => other,
             }),
         };
-        match cut {
-            Ok(parsed) => {
-                let output = self.request_head(parsed, Some(why));
-                self.unsync(input);
-                emit(out, output)
-            }
-            Err(lost) => emit(out, self.lose_sync(input, lost)),
-        }
+        let output = match cut {
+            Ok(parsed) => self.request_head(parsed, Some(why)),
+            Err(lost) => Output::Desync(lost),
+        };
+        self.drop_head();
+        output
     }
 
     /// Reports a head found whole, or loses sync if it is not valid.
@@ -603,6 +617,10 @@ impl Parser {
 
     fn unsync(&mut self, input: &mut Input<'_>) {
         input.discard();
+        self.drop_head();
+    }
+
+    fn drop_head(&mut self) {
         self.state = State::Unsynced;
         self.eol = 0;
         self.release_head();
@@ -1828,7 +1846,9 @@ mod tests {
         let absolute = [b"GET http://".as_slice(), &[b'h'; 8000]].concat();
         let too_large = |request: &str| format!("req {request} 1.1 @1 cut (head_too_large)");
         let long_path = too_large(&format!("GET /{}…", "p".repeat(MAX_PATH - 1)));
-        let cases: &[(&str, Option<Kind>, &[&[u8]], Option<String>)] = &[
+        // (case, stream kind, reads, the request reported if any).
+        type TooLarge<'a> = (&'a str, Option<Kind>, &'a [&'a [u8]], Option<String>);
+        let cases: &[TooLarge<'_>] = &[
             (
                 "many headers, the end never held",
                 REQ,
@@ -1893,6 +1913,46 @@ mod tests {
             }
             assert_eq!(seen, want, "case: {name}");
             assert!(p.head.capacity() <= HEAD_BUFFER_KEPT, "case: {name}");
+        }
+    }
+
+    /// An answer while a request head is still coming: the head is given up
+    /// (`bad_head`), its request reported cut when its line reached the
+    /// path; what is left of the head is not taken for messages.
+    #[test]
+    fn a_head_answered_before_its_end_is_given_up() {
+        let cases: &[(&str, &[u8], &[&str])] = &[
+            (
+                "fields held",
+                b"GET /big?q=1 HTTP/1.1\r\nX-A: 1\r\n",
+                &["req GET /big 1.1 @1 cut (bad_head)"],
+            ),
+            (
+                "inside the path",
+                b"GET /users/12",
+                &["req GET /users/12… 1.1 @1 cut (bad_head)"],
+            ),
+            ("before the path", b"GET http://ho", &["desync bad_head"]),
+            (
+                "an invalid line",
+                b"GET /a\x01 HTTP/1.1\r\n",
+                &["desync bad_head"],
+            ),
+            (
+                "between messages: not given up",
+                b"GET /a HTTP/1.1\r\n\r\n",
+                &["req GET /a 1.1 @1", "end 0 @1", "desync bad_head"],
+            ),
+        ];
+        for (name, read, want) in cases {
+            let mut p = Parser::new(REQ);
+            let mut seen = run(&mut p, &[whole(read, 1)], Answering::Other);
+            seen.extend(p.answered_mid_head().as_ref().map(render));
+            let rest_of_head = whole(b"X-B: GET /x HTTP/1.1\r\n\r\n", 2);
+            let next = whole(b"GET /next HTTP/1.1\r\n\r\n", 3);
+            seen.extend(run(&mut p, &[rest_of_head, next], Answering::Other));
+            let want = [*want, &["req GET /next 1.1 @3", "end 0 @3"]].concat();
+            assert_eq!(seen, want, "case: {name}");
         }
     }
 
