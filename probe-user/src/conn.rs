@@ -18,11 +18,14 @@
 //!
 //! - A loss in either stream abandons every outstanding request (`Desync`)
 //!   and leaves the connection *unaligned*.
-//! - Exception: a request head cut by the capture limit whose request line
-//!   is usable stays outstanding. Its place in the queue is known, and the
-//!   lost tail of that read is most likely the rest of its head (a large
-//!   Cookie). The connection is unaligned all the same: the tail might have
-//!   held further pipelined requests.
+//! - Exception: a request head cut short whose request line is usable stays
+//!   outstanding: cut by the capture limit, too large for the parser to hold,
+//!   or answered before its end (a server refusing a head too large for it
+//!   with 431 before reading all of it; counted `BadHead`, as a head never
+//!   finished is). Its place in the queue is known, and the lost tail of
+//!   that read is most likely the rest of its head (a large Cookie). The
+//!   connection is unaligned all the same: the tail might have held further
+//!   pipelined requests.
 //! - While unaligned, requests are queued *unverified*. A response that would
 //!   answer an unverified request may be the answer to a lost one: it is
 //!   ignored and the unverified requests are abandoned (`Desync`). A response
