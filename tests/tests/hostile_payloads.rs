@@ -14,11 +14,11 @@
 //! - An HTTP/1 response to a request that was not HTTP/1 (nginx answers the
 //!   HTTP/2 preface and RESP with `400`) is a response without a request:
 //!   `unpaired_response` at each end that saw it, never a series.
-//! - A request head the capture cuts short, or too large to hold, is counted
-//!   (`capture_gap` at its end, `head_too_large`) and still paired with its
-//!   response under the route its complete path segments give, ending in
-//!   `{truncated}` when the path itself was cut: never a route invented from
-//!   a partial segment.
+//! - A request head the capture cuts short, too large to hold, or answered
+//!   before its end (a 431) is counted (`capture_gap` at its end,
+//!   `head_too_large`, `bad_head`) and still paired with its response under
+//!   the route its complete path segments give, ending in `{truncated}` when
+//!   the path itself was cut: never a route invented from a partial segment.
 //! - Control bytes or a bare LF in a request target make the request line
 //!   invalid (RFC 9112): `bad_head` at each end, no series, whatever the
 //!   server answered.
@@ -511,7 +511,8 @@ fn hostile_paths_make_valid_labels() {
         (server(&py, "/fast", 200), 2.0 * f64::from(LEGIT)),
         (client(python.port(), 200), 2.0 * f64::from(LEGIT)),
     ];
-    for (target, route) in labelled {
+    // Twice: the same path makes the same label.
+    for (target, route) in labelled.iter().chain(labelled) {
         conn.send(&raw_get(target, &[])).unwrap();
         let status = conn.read_response().unwrap().status;
         assert_eq!(
