@@ -18,11 +18,14 @@
 //!
 //! - A loss in either stream abandons every outstanding request (`Desync`)
 //!   and leaves the connection *unaligned*.
-//! - Exception: a request head cut by the capture limit whose request line
-//!   is usable stays outstanding. Its place in the queue is known, and the
-//!   lost tail of that read is most likely the rest of its head (a large
-//!   Cookie). The connection is unaligned all the same: the tail might have
-//!   held further pipelined requests.
+//! - Exception: a request head cut short whose request line is usable stays
+//!   outstanding: cut by the capture limit, too large for the parser to hold,
+//!   or answered before its end (a server refusing a head too large for it
+//!   with 431 before reading all of it; counted `BadHead`, as a head never
+//!   finished is). Its place in the queue is known, and the lost tail of
+//!   that read is most likely the rest of its head (a large Cookie). The
+//!   connection is unaligned all the same: the tail might have held further
+//!   pipelined requests.
 //! - While unaligned, requests are queued *unverified*. A response that would
 //!   answer an unverified request may be the answer to a lost one: it is
 //!   ignored and the unverified requests are abandoned (`Desync`). A response
@@ -734,28 +737,48 @@ impl Conn {
             let Some(output) = parser.next(&mut input, answering) else {
                 return;
             };
-            match output {
-                Output::Request(head) => {
-                    self.learn_side(side_seeing(data.dir, Kind::Request));
-                    *last_id += 1;
-                    self.on_request(*last_id, *head, max_pending, out);
+            self.on_output(data.dir, output, last_id, max_pending, out);
+        }
+    }
+
+    /// What the parser of direction `dir` found.
+    fn on_output(
+        &mut self,
+        dir: Direction,
+        output: Output,
+        last_id: &mut RequestId,
+        max_pending: usize,
+        out: &mut dyn Observer,
+    ) {
+        match output {
+            Output::Request(head) => {
+                self.learn_side(side_seeing(dir, Kind::Request));
+                *last_id += 1;
+                self.on_request(*last_id, *head, max_pending, out);
+            }
+            Output::Response { status, tunnel } => {
+                self.learn_side(side_seeing(dir, Kind::Response));
+                if self.pending.is_empty() {
+                    // An answer to a head still coming: its request, if its
+                    // line was seen, is the one answered.
+                    if let Some(early) = self.streams().0.answered_mid_head() {
+                        let requests = request_direction(self.who.at.side);
+                        self.on_output(requests, early, last_id, max_pending, out);
+                    }
                 }
-                Output::Response { status, tunnel } => {
-                    self.learn_side(side_seeing(data.dir, Kind::Response));
-                    self.on_response(status, tunnel, out);
-                }
-                Output::End { body_bytes, .. } if self.carries_requests(data.dir) => {
-                    self.on_request_end(body_bytes);
-                }
-                Output::End {
-                    body_bytes,
-                    end_ns,
-                    complete,
-                } => self.finish_front(end_ns, body_bytes, complete, out),
-                Output::Desync(why) => {
-                    out.observe(&Observation::Anomaly(why));
-                    self.desync(out);
-                }
+                self.on_response(status, tunnel, out);
+            }
+            Output::End { body_bytes, .. } if self.carries_requests(dir) => {
+                self.on_request_end(body_bytes);
+            }
+            Output::End {
+                body_bytes,
+                end_ns,
+                complete,
+            } => self.finish_front(end_ns, body_bytes, complete, out),
+            Output::Desync(why) => {
+                out.observe(&Observation::Anomaly(why));
+                self.desync(out);
             }
         }
     }
@@ -792,8 +815,8 @@ impl Conn {
         if bad_traceparent {
             out.observe(&Observation::Anomaly(Anomaly::BadTraceparent));
         }
-        if cut {
-            out.observe(&Observation::Anomaly(Anomaly::Gap));
+        if let Some(why) = cut {
+            out.observe(&Observation::Anomaly(why));
         }
         if self.pending.len() >= max_pending {
             out.observe(&Observation::Abandoned {
@@ -823,11 +846,11 @@ impl Conn {
                 seq,
                 verified: self.aligned,
                 // The framing of a cut head is unknown, its body too.
-                body_bytes: cut.then_some(0),
+                body_bytes: cut.map(|_| 0),
                 status: None,
             });
         }
-        if cut {
+        if cut.is_some() {
             self.aligned = false;
         }
     }
@@ -923,6 +946,14 @@ impl Conn {
             self.finish_front(end_ns, body_bytes, complete, out);
         }
         self.abandon_all(reason, out);
+    }
+}
+
+/// The direction requests go for the process on `side`.
+fn request_direction(side: Side) -> Direction {
+    match side {
+        Side::Server => Direction::In,
+        Side::Client => Direction::Out,
     }
 }
 
@@ -1432,6 +1463,78 @@ mod tests {
         ]);
         assert_eq!(anomalies(&out), [Anomaly::Gap]);
         assert_eq!(finished(&out), [(1, 200, 1, 2, true), (2, 404, 3, 4, true)]);
+    }
+
+    /// A head too large to hold, read in full over many reads (as with
+    /// `--capture-bytes` at its maximum): paired as a cut one, counted as
+    /// `HeadTooLarge`; the rest of the head, read later, is not taken for
+    /// requests.
+    #[test]
+    fn head_too_large_is_paired_like_a_cut_one() {
+        let filler = b"X-Filler: abcdefghijklmnopqrstuvwxyz\r\n".repeat(200);
+        let mut events = vec![
+            open(1, RoleHint::Server),
+            data(1, In, 1, b"GET /big HTTP/1.1\r\n"),
+        ];
+        events.extend((2..6).map(|ts| data(1, In, ts, &filler)));
+        events.extend([
+            data(1, In, 6, b"X-Last: 1\r\n\r\n"),
+            data(1, Out, 7, OK),
+            data(1, In, 8, GET),
+            data(1, Out, 9, OK),
+        ]);
+        let out = track(&events);
+        assert_eq!(anomalies(&out), [Anomaly::HeadTooLarge]);
+        assert_eq!(started(&out), [(1, "/big".into()), (2, "/a".into())]);
+        assert_eq!(finished(&out), [(1, 200, 1, 7, true), (2, 200, 8, 9, true)]);
+        assert_eq!(abandoned(&out), []);
+    }
+
+    /// A server refusing a head before its end (431 for too many fields):
+    /// the answer pairs with the request whose line was seen, the head is
+    /// counted `BadHead` once (not again at the close), and the rest of the
+    /// head read later is ignored.
+    #[test]
+    fn an_answer_before_the_end_of_a_head_pairs_with_its_request() {
+        const REFUSED: &[u8] = b"HTTP/1.1 431 Too Many\r\nContent-Length: 0\r\n\r\n";
+        // (case, bytes of the head before the answer, path of the request paired).
+        let cases: &[(&str, &[u8], Option<&str>)] = &[
+            (
+                "request line seen",
+                b"GET /big?q=1 HTTP/1.1\r\nX-A: 1\r\n",
+                Some("/big"),
+            ),
+            ("request line cut before its path", b"GET http://h", None),
+        ];
+        for (name, head_start, paired) in cases {
+            for role in [RoleHint::Server, RoleHint::Unknown] {
+                let out = track(&[
+                    open(1, role),
+                    data(1, In, 1, head_start),
+                    data(1, Out, 2, REFUSED),
+                    data(1, In, 3, b"X-B: 2\r\n\r\n"),
+                    close(1, 4),
+                ]);
+                let case = format!("{name}, {role:?}");
+                assert_eq!(anomalies(&out), [Anomaly::BadHead], "{case}");
+                let want_started: Vec<_> = paired.iter().map(|p| (1, p.to_string())).collect();
+                assert_eq!(started(&out), want_started, "{case}");
+                let want_finished: Vec<_> = paired.iter().map(|_| (1, 431, 1, 2, true)).collect();
+                assert_eq!(finished(&out), want_finished, "{case}");
+                assert_eq!(abandoned(&out), [], "{case}");
+            }
+        }
+        // With a request outstanding, the answer is that request's: a head
+        // still coming is a pipelined one, left alone.
+        let out = track(&[
+            open(1, RoleHint::Server),
+            data(1, In, 1, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n"),
+            data(1, Out, 2, OK),
+            data(1, In, 3, b"\r\n"),
+            data(1, Out, 4, OK),
+        ]);
+        assert_eq!(anomalies(&out), []);
+        assert_eq!(finished(&out), [(1, 200, 1, 2, true), (2, 200, 1, 4, true)]);
     }
 
     #[test]

@@ -68,10 +68,12 @@ pub struct RequestHead {
     /// Time and thread of the read or write holding its first byte.
     pub start_ns: u64,
     pub tid: u32,
-    /// The kernel did not copy the rest of the read or write holding it, so
-    /// its framing is unknown; the parser has lost sync (no `End` follows)
-    /// and waits for a read or write starting a message.
-    pub cut: bool,
+    /// Why the rest of its head went unparsed, if it did: the kernel did not
+    /// copy the rest of the read or write holding it (`Gap`), or the head
+    /// outgrew [`MAX_HEAD`] across reads (`HeadTooLarge`). Its framing is
+    /// then unknown; the parser has lost sync (no `End` follows) and waits
+    /// for a read or write starting a message.
+    pub cut: Option<Anomaly>,
     /// It carried a `traceparent` that is not valid: ignored, `request.trace`
     /// is None.
     pub bad_traceparent: bool,
@@ -396,17 +398,16 @@ impl Parser {
         if let Some(n) = find_head_end(rest, &mut self.eol) {
             input.advance(n);
             self.eol = 0;
-            let parsed = if self.head.len() + n > MAX_HEAD {
-                Err(Anomaly::HeadTooLarge)
-            } else {
-                self.head.extend_from_slice(&rest[..n]);
-                parse_head(&self.head, self.kind)
-            };
+            if self.head.len() + n > MAX_HEAD {
+                return self.cut_head(input, Anomaly::HeadTooLarge, out);
+            }
+            self.head.extend_from_slice(&rest[..n]);
+            let parsed = parse_head(&self.head, self.kind);
             self.release_head();
             return self.begin_head(input, parsed, answering, out);
         }
         if self.head.len() + rest.len() > MAX_HEAD {
-            return emit(out, self.lose_sync(input, Anomaly::HeadTooLarge));
+            return self.cut_head(input, Anomaly::HeadTooLarge, out);
         }
         self.head.extend_from_slice(rest);
         input.advance(rest.len());
@@ -416,20 +417,45 @@ impl Parser {
         if input.missing == 0 {
             return Flow::Done;
         }
-        // The kernel did not copy the rest of this head. A request line that
-        // reaches its path still says what was asked; the framing is lost.
+        self.cut_head(input, Anomaly::Gap, out)
+    }
+
+    /// The rest of the head is out of reach (`why`: the kernel did not copy
+    /// it, or it is too large to hold).
+    fn cut_head(&mut self, input: &mut Input<'_>, why: Anomaly, out: &mut Option<Output>) -> Flow {
+        input.discard();
+        emit(out, self.give_up_head(why))
+    }
+
+    /// The other direction answered while this stream is inside a request
+    /// head: a server refusing a head too large for it (431, 414, 400)
+    /// before reading all of it. The head will never be whole, so it is
+    /// given up, as `BadHead`; its request is reported, cut, so that the
+    /// answer pairs with it. None when not inside a head.
+    pub fn answered_mid_head(&mut self) -> Option<Output> {
+        (self.state == State::Head).then(|| self.give_up_head(Anomaly::BadHead))
+    }
+
+    /// Ends a head whose rest will not be parsed, for `why`, and waits for a
+    /// read or write that starts a message. A request line held up to its
+    /// path still says what was asked: that request is reported, cut.
+    /// Otherwise the stream has lost sync.
+    fn give_up_head(&mut self, why: Anomaly) -> Output {
         let cut = match self.kind {
-            Some(Kind::Response) => Err(Anomaly::Gap),
-            _ => cut_request(&self.head),
+            Some(Kind::Response) => Err(why),
+            // The line not held up to its path is lost for `why`, unless it
+            // is invalid.
+            _ => cut_request(&self.head).map_err(|lost| match lost {
+                Anomaly::Gap => why,
+                other => other,
+            }),
         };
-        match cut {
-            Ok(parsed) => {
-                let output = self.request_head(parsed, true);
-                self.unsync(input);
-                emit(out, output)
-            }
-            Err(why) => emit(out, self.lose_sync(input, why)),
-        }
+        let output = match cut {
+            Ok(parsed) => self.request_head(parsed, Some(why)),
+            Err(lost) => Output::Desync(lost),
+        };
+        self.drop_head();
+        output
     }
 
     /// Reports a head found whole, or loses sync if it is not valid.
@@ -446,7 +472,7 @@ impl Parser {
         }
     }
 
-    fn request_head(&self, mut head: Box<RequestHead>, cut: bool) -> Output {
+    fn request_head(&self, mut head: Box<RequestHead>, cut: Option<Anomaly>) -> Output {
         head.start_ns = self.start_ns;
         head.tid = self.start_tid;
         head.cut = cut;
@@ -471,7 +497,7 @@ impl Parser {
                     Some(Coding::Other) => return Err(Anomaly::BadHead),
                     None => Body::Length(framing.content_length.unwrap_or(0)),
                 };
-                (body, self.request_head(parsed, false))
+                (body, self.request_head(parsed, None))
             }
             StartLine::Response(status) => {
                 let tunnel = status == 101
@@ -591,6 +617,10 @@ impl Parser {
 
     fn unsync(&mut self, input: &mut Input<'_>) {
         input.discard();
+        self.drop_head();
+    }
+
+    fn drop_head(&mut self) {
         self.state = State::Unsynced;
         self.eol = 0;
         self.release_head();
@@ -1165,7 +1195,7 @@ impl RequestLine<'_> {
             },
             start_ns: 0,
             tid: 0,
-            cut: false,
+            cut: None,
             bad_traceparent: false,
         }))
     }
@@ -1334,7 +1364,11 @@ mod tests {
                     if r.path_truncated { "…" } else { "" },
                     r.version,
                     head.start_ns,
-                    if head.cut { " cut" } else { "" }
+                    match head.cut {
+                        None => String::new(),
+                        Some(Anomaly::Gap) => " cut".into(),
+                        Some(why) => format!(" cut ({})", why.label()),
+                    }
                 )
             }
             Output::Response { status, tunnel } => {
@@ -1797,15 +1831,129 @@ mod tests {
             ["req GET / 1.1 @1", "end 0 @4"]
         );
         assert_eq!(p.head.capacity(), 0, "a grown buffer is freed");
+    }
 
-        let mut p = Parser::new(REQ);
-        let seen = run(
-            &mut p,
-            &[pieces[0], pieces[1], pieces[2], pieces[2]],
-            Answering::Other,
-        );
-        assert_eq!(seen, ["desync head_too_large"]);
-        assert_eq!(p.head.capacity(), 0);
+    /// A head that outgrows `MAX_HEAD` across reads (each captured whole):
+    /// a request whose line was held is still reported, cut, as a head the
+    /// kernel cut short is; then the parser waits for a read that starts a
+    /// message. Anything else loses sync.
+    #[test]
+    fn heads_too_large_to_hold_report_what_their_line_says() {
+        let filler = b"X-Filler: 0123456789012345678901234567890123456789\r\n".repeat(150);
+        let filler_and_end = [filler.as_slice(), b"\r\n"].concat();
+        let huge_value = [b"X-Big: ".as_slice(), &[b'a'; 8000]].concat();
+        let long_target = [b"GET /".as_slice(), &[b'p'; 8000]].concat();
+        let absolute = [b"GET http://".as_slice(), &[b'h'; 8000]].concat();
+        let too_large = |request: &str| format!("req {request} 1.1 @1 cut (head_too_large)");
+        let long_path = too_large(&format!("GET /{}…", "p".repeat(MAX_PATH - 1)));
+        // (case, stream kind, reads, the request reported if any).
+        type TooLarge<'a> = (&'a str, Option<Kind>, &'a [&'a [u8]], Option<String>);
+        let cases: &[TooLarge<'_>] = &[
+            (
+                "many headers, the end never held",
+                REQ,
+                &[
+                    b"GET /users/7?q=secret HTTP/1.1\r\n",
+                    &filler,
+                    &filler,
+                    &filler,
+                ],
+                Some(too_large("GET /users/7")),
+            ),
+            (
+                "many headers, the end in the read that overflows",
+                REQ,
+                &[b"GET /a HTTP/1.1\r\n", &filler, &filler, &filler_and_end],
+                Some(too_large("GET /a")),
+            ),
+            (
+                "one huge header over reads, unknown kind",
+                None,
+                &[
+                    b"POST /upload HTTP/1.1\r\n",
+                    &huge_value,
+                    &huge_value,
+                    &huge_value,
+                ],
+                Some(too_large("POST /upload")),
+            ),
+            (
+                "a request line longer than the head bound",
+                REQ,
+                &[&long_target, &long_target[4..], &long_target[4..]],
+                Some(long_path),
+            ),
+            (
+                "an authority longer than the head bound: no path",
+                REQ,
+                &[&absolute, &absolute[11..], &absolute[11..]],
+                None,
+            ),
+            (
+                "a response head",
+                RESP,
+                &[b"HTTP/1.1 200 OK\r\n", &filler, &filler, &filler],
+                None,
+            ),
+        ];
+        for (name, kind, reads, reported) in cases {
+            let mut pieces: Vec<Piece<'_>> = reads
+                .iter()
+                .zip(1..)
+                .map(|(read, ts)| whole(read, ts))
+                .collect();
+            pieces.push(whole(b"GET /next HTTP/1.1\r\n\r\n", 9));
+            let mut p = Parser::new(*kind);
+            let seen = run(&mut p, &pieces, Answering::Other);
+            let mut want = vec![reported
+                .clone()
+                .unwrap_or_else(|| "desync head_too_large".into())];
+            if *kind != RESP {
+                want.extend(["req GET /next 1.1 @9".into(), "end 0 @9".into()]);
+            }
+            assert_eq!(seen, want, "case: {name}");
+            assert!(p.head.capacity() <= HEAD_BUFFER_KEPT, "case: {name}");
+        }
+    }
+
+    /// An answer while a request head is still coming: the head is given up
+    /// (`bad_head`), its request reported cut when its line reached the
+    /// path; what is left of the head is not taken for messages.
+    #[test]
+    fn a_head_answered_before_its_end_is_given_up() {
+        let cases: &[(&str, &[u8], &[&str])] = &[
+            (
+                "fields held",
+                b"GET /big?q=1 HTTP/1.1\r\nX-A: 1\r\n",
+                &["req GET /big 1.1 @1 cut (bad_head)"],
+            ),
+            (
+                "inside the path",
+                b"GET /users/12",
+                &["req GET /users/12… 1.1 @1 cut (bad_head)"],
+            ),
+            ("before the path", b"GET http://ho", &["desync bad_head"]),
+            (
+                "an invalid line",
+                b"GET /a\x01 HTTP/1.1\r\n",
+                &["desync bad_head"],
+            ),
+            (
+                "between messages: not given up",
+                b"GET /a HTTP/1.1\r\n\r\n",
+                &["req GET /a 1.1 @1", "end 0 @1", "desync bad_head"],
+            ),
+        ];
+        for (name, read, want) in cases {
+            let mut p = Parser::new(REQ);
+            let mut seen = run(&mut p, &[whole(read, 1)], Answering::Other);
+            seen.extend(p.answered_mid_head().as_ref().map(render));
+            let rest_of_head = whole(b"X-B: GET /x HTTP/1.1\r\n\r\n", 2);
+            let next = whole(b"GET /next HTTP/1.1\r\n\r\n", 3);
+            seen.extend(run(&mut p, &[rest_of_head, next], Answering::Other));
+            let want = [*want, &["req GET /next 1.1 @3", "end 0 @3"]].concat();
+            assert_eq!(seen, want, "case: {name}");
+        }
     }
 
     #[test]

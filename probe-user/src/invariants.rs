@@ -131,7 +131,7 @@ fn parse_checked(
 fn same_until_loss(full: &[Output], cut: &[Output]) {
     let is_loss = |o: &Output| match o {
         Output::Desync(_) => true,
-        Output::Request(head) => head.cut,
+        Output::Request(head) => head.cut.is_some(),
         _ => false,
     };
     let first_loss = cut.iter().position(is_loss).unwrap_or(cut.len());
@@ -263,7 +263,7 @@ impl Grammar {
                 self.head_may_begin(output);
                 assert!(head.start_ns <= ts, "request starts after its read");
                 check_request(&head.request);
-                self.begin(head.cut, false, ts);
+                self.begin(head.cut.is_some(), false, ts);
             }
             Output::Response { status, tunnel } => {
                 assert_ne!(

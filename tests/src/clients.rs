@@ -201,13 +201,69 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Respo
 /// Sends `bytes` on a new connection, then reads whatever the server answers
 /// until it closes or stays silent for `linger`; returns what was read.
 pub fn send_raw(port: u16, bytes: &[u8], linger: Duration) -> Result<Vec<u8>> {
+    send_raw_writes(port, &[bytes], Duration::ZERO, linger)
+}
+
+/// [`send_raw`] with each of `writes` in a write of its own, `pause` apart.
+pub fn send_raw_writes(
+    port: u16,
+    writes: &[&[u8]],
+    pause: Duration,
+    linger: Duration,
+) -> Result<Vec<u8>> {
     let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(linger))?;
-    // The server may reset the connection on garbage: that is its right.
-    let _ = stream.write_all(bytes);
+    for (i, bytes) in writes.iter().enumerate() {
+        if i > 0 {
+            thread::sleep(pause);
+        }
+        // The server may reset the connection on garbage: that is its right.
+        if stream.write_all(bytes).is_err() {
+            break;
+        }
+    }
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     Ok(answer)
+}
+
+/// A `GET` of the raw `target` bytes (any bytes at all) with `fields`
+/// (`Name: value`, without CRLF) after the Host field.
+pub fn raw_get(target: &[u8], fields: &[String]) -> Vec<u8> {
+    let mut request = [b"GET ", target, b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"].concat();
+    for field in fields {
+        request.extend_from_slice(field.as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    request
+}
+
+/// A Redis command as its clients send it (RESP: an array of bulk strings).
+pub fn resp_command(args: &[&str]) -> Vec<u8> {
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    command.into_bytes()
+}
+
+/// What an HTTP/2 client sends first with prior knowledge (RFC 9113 §3.4):
+/// the connection preface and a SETTINGS frame (max concurrent streams 100,
+/// initial window 65535).
+pub fn h2_preface() -> Vec<u8> {
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let settings: [(u16, u32); 2] = [(0x3, 100), (0x4, 65_535)];
+    let length = (settings.len() * 6) as u32;
+    bytes.extend_from_slice(&length.to_be_bytes()[1..]); // 24-bit length
+    bytes.extend_from_slice(&[0x4, 0x0]); // type SETTINGS, no flags
+    bytes.extend_from_slice(&0u32.to_be_bytes()); // stream 0
+    for (id, value) in settings {
+        bytes.extend_from_slice(&id.to_be_bytes());
+        bytes.extend_from_slice(&value.to_be_bytes());
+    }
+    bytes
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), so a failure replays.
@@ -434,6 +490,25 @@ mod tests {
             distinct.len() > 200,
             "only {} distinct byte values",
             distinct.len()
+        );
+    }
+
+    #[test]
+    fn binary_protocols_are_framed_as_their_clients_do() {
+        assert_eq!(resp_command(&["PING"]), b"*1\r\n$4\r\nPING\r\n");
+        assert_eq!(
+            resp_command(&["SET", "k", "value"]),
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n"
+        );
+        let h2 = h2_preface();
+        assert_eq!(&h2[..24], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert_eq!(
+            &h2[24..],
+            &[0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100, 0, 4, 0, 0, 0xff, 0xff]
+        );
+        assert_eq!(
+            raw_get(b"/\xff", &["A: b".into()]),
+            b"GET /\xff HTTP/1.1\r\nHost: 127.0.0.1\r\nA: b\r\n\r\n"
         );
     }
 

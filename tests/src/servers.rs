@@ -171,6 +171,9 @@ pub struct NginxConfig {
     /// `GET` [`NGINX_STATUS_PATH`] answers the `stub_status` page, whose
     /// `requests` counter counts every request nginx has read.
     pub status_page: bool,
+    /// `large_client_header_buffers` (e.g. `4 128k`): the buffers a long
+    /// request line or header field may take.
+    pub large_header_buffers: Option<&'static str>,
 }
 
 impl Default for NginxConfig {
@@ -181,6 +184,7 @@ impl Default for NginxConfig {
             access_log: true,
             keepalive_requests: None,
             status_page: false,
+            large_header_buffers: None,
         }
     }
 }
@@ -205,6 +209,9 @@ impl NginxConfig {
         }
         if let Some(requests) = self.keepalive_requests {
             http.push_str(&format!("    keepalive_requests {requests};\n"));
+        }
+        if let Some(buffers) = self.large_header_buffers {
+            http.push_str(&format!("    large_client_header_buffers {buffers};\n"));
         }
         let status = if self.status_page {
             format!("        location = {NGINX_STATUS_PATH} {{ stub_status; }}\n")
@@ -357,6 +364,7 @@ http {
             access_log: false,
             keepalive_requests: Some(1_000_000),
             status_page: true,
+            large_header_buffers: Some("4 128k"),
         }
         .render("/p", 8080);
         assert_eq!(
@@ -371,6 +379,7 @@ events { worker_connections 1024; }
 http {
     access_log off;
     keepalive_requests 1000000;
+    large_client_header_buffers 4 128k;
     client_body_temp_path /p/client_body;
     proxy_temp_path /p/proxy;
     fastcgi_temp_path /p/fastcgi;
