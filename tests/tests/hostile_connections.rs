@@ -254,6 +254,119 @@ fn thousands_of_concurrent_connections_are_counted_exactly() {
     sonde.stop();
 }
 
+/// More connections than sonde may track at once (`--max-connections`,
+/// which sizes the kernel's connection table too): those beyond it are
+/// counted as lost, not guessed at; those tracked are counted exactly; and
+/// once they close, the table is free for new connections again.
+#[test]
+fn connections_beyond_the_table_are_counted_as_lost() {
+    /// The smallest `--max-connections`.
+    const LIMIT: usize = 1024;
+    /// 2000 ends, both watched: about twice the table.
+    const CONNECTIONS: usize = 1000;
+    /// The kernel's table holds every TCP connection on the machine that
+    /// moved data while sonde ran (filtered out ones too, until they close):
+    /// a few belong to other programs.
+    const OTHERS: usize = 64;
+    let nginx = Nginx::with_config(&NginxConfig {
+        worker_connections: 4096,
+        ..NginxConfig::default()
+    })
+    .unwrap();
+    let port = nginx.server().port();
+    let args = [
+        "--port",
+        &port.to_string(),
+        "--max-connections",
+        &LIMIT.to_string(),
+    ];
+    let mut sonde = Sonde::start(&args.map(String::from)).unwrap();
+    let me = me();
+
+    let mut conns: Vec<HttpConn> = (0..CONNECTIONS)
+        .map(|_| HttpConn::connect(port).unwrap())
+        .collect();
+    for conn in &mut conns {
+        conn.send(&get_request("/api/items")).unwrap();
+    }
+    for conn in &mut conns {
+        assert_eq!(conn.read_response().unwrap().status, 200);
+    }
+    // Each end tracked saw its one exchange from its first byte.
+    let exchanges =
+        |s: &Scrape| s.sum(SERVER_DURATION_COUNT, &[]) + s.sum(CLIENT_DURATION_COUNT, &[]);
+    let scrape = sonde.await_scrape("one exchange per tracked end", |s| {
+        s.value(TRACKED, &[])
+            .is_some_and(|t| t > 0.0 && t == exchanges(s))
+    });
+    let tracked = scrape.value(TRACKED, &[]).unwrap() as usize;
+    assert!(
+        (LIMIT - OTHERS..=LIMIT).contains(&tracked),
+        "{}",
+        sonde.failure(&format!("{tracked} ends tracked"), &scrape)
+    );
+    assert_eq!(
+        (
+            scrape.sum(HTTP_ANOMALIES, &[]),
+            scrape.sum(ABANDONED, &[]),
+            scrape.sum(SERVER_ACTIVE, &[]),
+            scrape.sum(CLIENT_ACTIVE, &[]),
+        ),
+        (0.0, 0.0, 0.0, 0.0),
+        "{}",
+        sonde.failure("nothing half seen", &scrape)
+    );
+
+    drop(conns);
+    sonde.await_value(TRACKED, &[], 0.0);
+    // Every socket call of a connection the full table could not take was
+    // counted: at least a request and a response per untracked end. (Calls
+    // of any other TCP connection while the table was full count too, this
+    // test's scrapes among them: hence no upper bound.) sonde reads the
+    // kernel's counters once a second: the count is final once it stays put.
+    let table_full = [("reason", "conn_table_full")];
+    let lost = poll(Duration::from_secs(10), Duration::ZERO, || {
+        let first = sonde.scrape().value(EVENTS_LOST, &table_full);
+        thread::sleep(Duration::from_millis(1500));
+        let second = sonde.scrape().value(EVENTS_LOST, &table_full);
+        (first == second).then_some(second)
+    })
+    .flatten()
+    .expect("the count of lost calls settles") as usize;
+    let untracked = 2 * CONNECTIONS - tracked;
+    report(&format!(
+        "table of {LIMIT}: {tracked} ends tracked, {untracked} not, {lost} calls lost"
+    ));
+    assert!(
+        lost >= 2 * untracked,
+        "{lost} calls lost for {untracked} untracked ends"
+    );
+    // The table is free again: a new connection is tracked and counted.
+    let before = sonde.scrape();
+    let mut after = HttpConn::connect(port).unwrap();
+    assert_eq!(after.get("/after").unwrap().status, 200);
+    sonde.await_value(
+        SERVER_DURATION_COUNT,
+        &names::server("nginx", "GET", "/after", "200"),
+        1.0,
+    );
+    let scrape = sonde.await_value(
+        CLIENT_DURATION_COUNT,
+        &[("service_name", &me), ("http_response_status_code", "200")],
+        before.sum(CLIENT_DURATION_COUNT, &[]) + 1.0,
+    );
+    assert_eq!(
+        scrape.value(EVENTS_LOST, &table_full),
+        Some(lost as f64),
+        "{}",
+        sonde.failure("nothing lost once the table has room", &scrape)
+    );
+    drop(after);
+    sonde.await_value(TRACKED, &[], 0.0);
+    assert_alive(&mut sonde);
+    sonde.stop();
+}
+
 /// Reads from `stream` until `bytes` have come.
 fn read_exactly(stream: &mut TcpStream, bytes: usize) -> Vec<u8> {
     let mut got = vec![0; bytes];
@@ -377,6 +490,57 @@ fn reset_mid_response_is_counted_incomplete() {
     sonde.stop();
 }
 
+/// A client that resets its connection while the server is still working
+/// on its request: the request is abandoned at both ends, and the answer
+/// the server tries to write afterwards (into a reset socket) counts nowhere.
+#[test]
+fn client_reset_mid_request_is_abandoned_at_both_ends() {
+    const WORK: Duration = Duration::from_millis(1000);
+    let server = servers::python();
+    let port = server.port();
+    let mut sonde = Sonde::watching_ports(&[port]);
+    let svc = server.service_name();
+    let me = me();
+
+    let mut legit = HttpConn::connect(port).unwrap();
+    assert_eq!(legit.get("/fast").unwrap().status, 200);
+    let mut impatient = connect(port);
+    impatient
+        .write_all(&get_request(&format!("/sleep?ms={}", WORK.as_millis())))
+        .unwrap();
+    let sleep = names::route(&svc, "GET", "/sleep");
+    sonde.await_value(SERVER_ACTIVE, &sleep, 1.0);
+    reset(impatient);
+    sonde.await_value(SERVER_ACTIVE, &sleep, 0.0);
+    sonde.await_value(CLIENT_ACTIVE, &[("service_name", &me)], 0.0);
+    sonde.await_value(ABANDONED, &[("reason", "closed_unanswered")], 2.0);
+    // The server's late answer fails on the reset socket: nothing to count.
+    thread::sleep(WORK);
+    assert_eq!(legit.get("/fast").unwrap().status, 200);
+
+    let port_label = port.to_string();
+    let scrape = await_exchanges(
+        &sonde,
+        &expected(&[(&[&svc, "GET", "/fast", "200"], 2.0)]),
+        &expected(&[(&[&me, &port_label, "200"], 2.0)]),
+    );
+    assert_eq!(
+        (
+            scrape.sum(ABANDONED, &[]),
+            scrape.sum(HTTP_ANOMALIES, &[]),
+            scrape.sum(INCOMPLETE, &[]),
+            scrape.sum(SERVER_ACTIVE, &[]),
+        ),
+        (2.0, 0.0, 0.0, 0.0),
+        "{}",
+        sonde.failure("the reset request abandoned once at each end", &scrape)
+    );
+    drop(legit);
+    sonde.await_value(TRACKED, &[], 0.0);
+    assert_alive(&mut sonde);
+    sonde.stop();
+}
+
 /// A server killed (SIGKILL) while requests wait for it: they are in
 /// flight until it dies, then abandoned, each exactly once at each end,
 /// and the connections are forgotten.
@@ -393,7 +557,7 @@ fn server_killed_mid_request_abandons_its_requests() {
     for _ in 0..3 {
         assert_eq!(legit.get("/fast").unwrap().status, 200);
     }
-    let mut held: Vec<HttpConn> = (0..HELD)
+    let held: Vec<HttpConn> = (0..HELD)
         .map(|_| {
             let mut conn = HttpConn::connect(port).unwrap();
             conn.send(&get_request("/hold?key=never")).unwrap();
