@@ -496,6 +496,62 @@ fn reset_mid_response_is_counted_incomplete() {
     stop_after_all_closed(sonde);
 }
 
+/// A client that sends a request on a keep-alive connection its server has
+/// already closed (a pooled connection gone stale) gets a reset: the
+/// request is abandoned once at the client's end, and nothing else counts.
+///
+/// On loopback the reset is processed inside the client's send, before the
+/// send's own event: the kernel side reports the connection's end first,
+/// then takes the request's bytes for a new connection on the same fd,
+/// which ends when the client closes that fd. So the request stays in
+/// flight until then, and is abandoned at that close.
+#[test]
+fn request_on_a_connection_the_server_closed_is_abandoned() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sonde = Sonde::watching_ports(&[port]);
+    let me = me();
+
+    let server = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        assert!(read_head(&mut conn));
+        conn.write_all(OK).unwrap();
+        // Then it closes the idle connection, as an idle timeout does.
+    });
+    let mut stale = connect(port);
+    stale.write_all(&get_request("/first")).unwrap();
+    assert_eq!(read_exactly(&mut stale, OK.len()), OK);
+    server.join().unwrap();
+    // The pool does not know yet: it reuses the connection.
+    stale.write_all(&get_request("/second")).unwrap();
+    let mut rest = [0u8; 16];
+    assert!(
+        !matches!(stale.read(&mut rest), Ok(n) if n > 0),
+        "the closed server answered"
+    );
+
+    drop(stale);
+    sonde.await_value(CLIENT_ACTIVE, &[("service_name", &me)], 0.0);
+    let scrape = await_exchanges(
+        &sonde,
+        port,
+        &[(&[&me, "GET", "/first", "200"], 1.0)],
+        &[("200", 1.0)],
+    );
+    assert_totals(
+        &sonde,
+        &scrape,
+        &[(ABANDONED, 1.0), (HTTP_ANOMALIES, 0.0), (INCOMPLETE, 0.0)],
+        "the request on the stale connection abandoned at the client's end",
+    );
+    assert_eq!(
+        scrape.value(ABANDONED, &[("reason", "closed_unanswered")]),
+        Some(1.0)
+    );
+    stop_after_all_closed(sonde);
+}
+
 /// A client that resets its connection while the server is still working
 /// on its request: the request is abandoned at both ends, and the answer
 /// the server tries to write afterwards (into a reset socket) counts nowhere.
