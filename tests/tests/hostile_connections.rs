@@ -203,8 +203,27 @@ fn slowloris_heads_are_counted_and_leave_nothing_behind() {
     stop_after_all_closed(sonde);
 }
 
-/// nginx with room for thousands of connections at once.
+/// nginx with room for thousands of connections at once, and this test
+/// with room for as many fds (nginx inherits the limit).
 fn nginx_for_thousands() -> Nginx {
+    const FDS: libc::rlim_t = 8192;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a struct of the type they take.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < FDS {
+            limit.rlim_cur = FDS.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= FDS,
+        "RLIMIT_NOFILE allows only {} fds",
+        limit.rlim_max
+    );
     Nginx::with_config(&NginxConfig {
         worker_connections: 4096,
         ..NginxConfig::default()
