@@ -1,10 +1,11 @@
 //! Connections that misbehave on a watched port: clients that never finish a
-//! request head (slowloris), thousands of connections open at once, a
-//! server that resets mid-response or is killed mid-request, fds and pids
-//! reused by new connections and processes. Each case checks that sonde
-//! survives, that the legitimate traffic beside the hostile one is counted
-//! exactly and nothing else is, and that the anomaly is counted in sonde's
-//! own metrics.
+//! request head (slowloris), thousands of connections open at once and more
+//! than sonde may track, resets from either side mid-exchange, a request
+//! on a connection its server already closed, a server killed mid-request,
+//! fds and pids reused by new connections and processes. Each case checks
+//! that sonde survives, that the legitimate traffic beside the hostile one
+//! is counted exactly and nothing else is, and that the anomaly is counted
+//! in sonde's own metrics.
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
