@@ -1,5 +1,6 @@
 // Uninstrumented Node HTTP test service for sonde's end-to-end tests.
-// Listens on 127.0.0.1, ephemeral port, printed on the first line of stdout.
+// Listens on 127.0.0.1, on the port given as its argument or else an ephemeral
+// one, and prints the port on the first line of stdout.
 //
 //   GET /hello         200 "hello"
 //   GET /items/<id>    200
@@ -25,6 +26,6 @@ const server = http.createServer((req, res) => {
   }
 });
 
-server.listen(0, "127.0.0.1", () => {
+server.listen(Number(process.argv[2] || 0), "127.0.0.1", () => {
   console.log(server.address().port);
 });

@@ -142,8 +142,21 @@ pub fn chain(next: &[u16]) -> Server {
 
 /// `servers/app.js`: Node's `http` module (endpoints listed there).
 pub fn node() -> Server {
-    Server::spawn_announcing_port("node app.js", Command::new("node").arg(script("app.js")))
-        .expect("start the Node test server")
+    node_with(&[])
+}
+
+/// [`node`] listening on `port`: a port that is free, or one whose server
+/// just exited (Node binds with SO_REUSEADDR).
+pub fn node_on(port: u16) -> Server {
+    node_with(&[port.to_string()])
+}
+
+fn node_with(args: &[String]) -> Server {
+    Server::spawn_announcing_port(
+        "node app.js",
+        Command::new("node").arg(script("app.js")).args(args),
+    )
+    .expect("start the Node test server")
 }
 
 /// nginx (a master and its workers) answering `200 ok` on every path but
@@ -161,6 +174,9 @@ pub const NGINX_STATUS_PATH: &str = "/nginx_status";
 #[derive(Clone, Debug)]
 pub struct NginxConfig {
     pub workers: u32,
+    /// Connections each worker may hold open at once (`worker_connections`,
+    /// the listening socket included).
+    pub worker_connections: u32,
     /// Every worker runs on this CPU only (`worker_cpu_affinity`).
     pub worker_cpu: Option<u32>,
     /// One line per request in `access.log` (see [`Nginx::access_log_lines`]).
@@ -180,6 +196,7 @@ impl Default for NginxConfig {
     fn default() -> Self {
         NginxConfig {
             workers: 1,
+            worker_connections: 1024,
             worker_cpu: None,
             access_log: true,
             keepalive_requests: None,
@@ -193,6 +210,7 @@ impl NginxConfig {
     /// nginx.conf for a server on 127.0.0.1:`port` keeping its files in `prefix`.
     fn render(&self, prefix: &str, port: u16) -> String {
         let workers = self.workers;
+        let connections = self.worker_connections;
         let mut main = String::new();
         if let Some(cpu) = self.worker_cpu {
             // One bit mask per worker; bit N is CPU N.
@@ -224,7 +242,7 @@ master_process on;
 worker_processes {workers};
 {main}pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
 http {{
 {http}    client_body_temp_path {prefix}/client_body;
     proxy_temp_path {prefix}/proxy;
@@ -360,6 +378,7 @@ http {
         );
         let tuned = NginxConfig {
             workers: 2,
+            worker_connections: 4096,
             worker_cpu: Some(1),
             access_log: false,
             keepalive_requests: Some(1_000_000),
@@ -375,7 +394,7 @@ worker_processes 2;
 worker_cpu_affinity 10 10;
 pid /p/nginx.pid;
 error_log /p/error.log warn;
-events { worker_connections 1024; }
+events { worker_connections 4096; }
 http {
     access_log off;
     keepalive_requests 1000000;

@@ -42,6 +42,7 @@ impl BenchNginx {
             access_log: false,
             keepalive_requests: Some(KEEPALIVE_REQUESTS),
             status_page: true,
+            ..NginxConfig::default()
         })?;
         // The master listens before it forks its worker.
         let worker = poll(WORKER_WITHIN, Duration::from_millis(20), || {
