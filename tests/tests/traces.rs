@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use prost::Message as _;
 use sonde_tests::clients::{post_request, HttpConn};
-use sonde_tests::names::*;
+use sonde_tests::names::{self, *};
 use sonde_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan, Transport};
 use sonde_tests::process::{anon_rss_bytes, exe_basename, poll, report, rss_bytes};
 use sonde_tests::servers::{self, Server};
@@ -918,13 +918,34 @@ fn collector_down_drops_are_counted_and_export_resumes() {
     sonde.stop();
 }
 
+/// At the most verbose log level, with metrics exported over OTLP too, a
+/// secret in a query string, a header or a body reaches none of sonde's
+/// outputs: spans, OTLP metrics, /metrics, stdout and stderr.
 #[test]
 fn no_secret_leaves_in_spans_or_metrics() {
     const SECRET: &str = "SECRET123";
     let server = servers::python();
     let receiver = OtlpReceiver::start().unwrap();
     // By port only, so the test process's CLIENT spans are checked too.
-    let sonde = start_traced(&receiver, Protocol::Grpc, &ports(&[&server]));
+    let mut args = ports(&[&server]);
+    args.extend(
+        [
+            "--log-level",
+            "trace",
+            "--otlp-metrics",
+            "--otlp-metrics-interval-secs",
+            "1",
+        ]
+        .map(String::from),
+    );
+    // The collector's credential is a secret too: it goes to the collector only.
+    let collector_key = format!("x-api-key={SECRET}");
+    let sonde = start_traced_with_env(
+        &receiver,
+        Protocol::Grpc,
+        &args,
+        &[("OTEL_EXPORTER_OTLP_HEADERS", &collector_key)],
+    );
 
     let mut conn = HttpConn::connect(server.port()).unwrap();
     assert_eq!(
@@ -958,13 +979,46 @@ fn no_secret_leaves_in_spans_or_metrics() {
         2,
         "{names:?}"
     );
-    for export in receiver.exports() {
-        // Every field of the request: names, attributes, resources, trace state.
-        let wire = export.request.encode_to_vec();
+    // An OTLP metrics export made after all four requests were counted.
+    let svc = server.service_name();
+    let echo = names::server(&svc, "POST", "/echo", "200");
+    receiver
+        .wait_for_metric(SERVER_DURATION, SPAN_TIMEOUT, |m| {
+            m.histogram_point(&echo).is_some_and(|p| p.count == 1)
+        })
+        .unwrap_or_else(|e| panic!("{e:?}\nsonde's output:\n{}", sonde.output()));
+    // Every field of each request: names, attributes, resources, trace
+    // state, data points. The collector's credential is in its headers.
+    let check_export = |what: &str,
+                        headers: &HashMap<String, String>,
+                        wire: Vec<u8>,
+                        request: &dyn std::fmt::Debug| {
+        assert_eq!(
+            headers.get("x-api-key").map(String::as_str),
+            Some(SECRET),
+            "{what}"
+        );
         assert!(
             !wire.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
-            "{SECRET} in an export: {:#?}",
-            export.request
+            "{SECRET} in a {what}: {request:#?}"
+        );
+    };
+    for export in receiver.exports() {
+        check_export(
+            "span export",
+            &export.headers,
+            export.request.encode_to_vec(),
+            &export.request,
+        );
+    }
+    let metrics_exports = receiver.metrics_exports();
+    assert!(!metrics_exports.is_empty());
+    for export in metrics_exports {
+        check_export(
+            "metrics export",
+            &export.headers,
+            export.request.encode_to_vec(),
+            &export.request,
         );
     }
     let metrics = sonde.scrape();
@@ -972,6 +1026,12 @@ fn no_secret_leaves_in_spans_or_metrics() {
         !metrics.text().contains(SECRET),
         "{SECRET} in /metrics:\n{}",
         metrics.text()
+    );
+    // The log level is in force: dependencies' TRACE lines are there.
+    assert!(
+        sonde.output().contains(" TRACE "),
+        "no TRACE line in sonde's output:\n{}",
+        sonde.output()
     );
     assert!(
         !sonde.output().contains(SECRET),

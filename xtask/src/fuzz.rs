@@ -15,9 +15,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::{cmd, workspace};
 
-/// The targets in fuzz/fuzz_targets/.
-const TARGETS: &[&str] = &["http1", "tracker"];
-
 /// Longest input tried: past the parser's 16 KiB head limit, so the
 /// head-too-large paths are reachable.
 const MAX_LEN: usize = 20 * 1024;
@@ -29,16 +26,34 @@ const TIMEOUT_SECONDS: u64 = 10;
 /// something, after all have run.
 pub fn run_all(seconds: u64) -> Result<()> {
     let mut failed = Vec::new();
-    for target in TARGETS {
-        if let Err(err) = run(target, Duration::from_secs(seconds)) {
+    for target in targets()? {
+        if let Err(err) = run(&target, Duration::from_secs(seconds)) {
             eprintln!("fuzz: {target}: {err:#}");
-            failed.push(*target);
+            failed.push(target);
         }
     }
     if !failed.is_empty() {
         bail!("fuzz targets failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// Every `fuzz/fuzz_targets/NAME.rs`, by name: a target added there is run
+/// without being listed anywhere else.
+fn targets() -> Result<Vec<String>> {
+    let dir = workspace::root().join("fuzz").join("fuzz_targets");
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "rs") {
+            if let Some(stem) = path.file_stem() {
+                names.push(stem.to_string_lossy().into_owned());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 fn run(target: &str, time: Duration) -> Result<()> {
