@@ -158,6 +158,10 @@ pub mod proto {
     pub const HTTP1: u32 = 1;
     /// Not HTTP/1.x: every later call on it is dropped in the kernel.
     pub const OTHER: u32 = 2;
+    /// HTTP/1.x whose CONN_OPEN record did not fit in the ring buffer: it is
+    /// written again before the connection's next record, so a full ring
+    /// buffer costs records, not the whole connection.
+    pub const UNANNOUNCED: u32 = 3;
 }
 
 /// Value of the kernel's connection table.
@@ -192,7 +196,8 @@ pub mod counter {
     /// Children of observed processes not followed because `PID_FILTER` was full.
     pub const PID_TABLE_FULL: u32 = 5;
     /// TCP payloads moved by a call whose buffers sonde does not read
-    /// (io_uring, splice, sendmmsg, recvmmsg, 32-bit syscalls).
+    /// (io_uring, splice, sendmmsg, recvmmsg, 32-bit syscalls), on a
+    /// connection neither filtered out by port nor known not to be HTTP.
     pub const UNSUPPORTED_CALL: u32 = 6;
     pub const COUNT: u32 = 7;
 }

@@ -187,10 +187,12 @@ fn rb_flags(cfg: &Config) -> u64 {
 }
 
 #[inline(always)]
-fn output<T>(cfg: &Config, value: &T) {
-    if EVENTS.output::<T>(value, rb_flags(cfg)).is_err() {
+fn output<T>(cfg: &Config, value: &T) -> bool {
+    let written = EVENTS.output::<T>(value, rb_flags(cfg)).is_ok();
+    if !written {
         count(counter::RINGBUF_FULL);
     }
+    written
 }
 
 // ---------------------------------------------------------------- registers
@@ -272,7 +274,7 @@ mod arch {
 /// Anything else that moves TCP data (io_uring, splice, sendmmsg and
 /// recvmmsg) is counted, not guessed at.
 #[inline(always)]
-fn current_call(sk: u64, inbound: bool) -> Option<Call> {
+fn current_call(cfg: &Config, sk: u64, inbound: bool) -> Option<Call> {
     let r = user_regs()?;
     let how = match (inbound, r.nr & 0xffff_ffff) {
         (true, arch::READ | arch::RECVFROM) | (false, arch::WRITE | arch::SENDTO) => Buf::Flat,
@@ -280,7 +282,7 @@ fn current_call(sk: u64, inbound: bool) -> Option<Call> {
         (true, arch::RECVMSG) | (false, arch::SENDMSG) => Buf::Msg,
         (false, arch::SENDFILE) => Buf::None,
         _ => {
-            count(counter::UNSUPPORTED_CALL);
+            count_unsupported(cfg, sk);
             return None;
         }
     };
@@ -292,6 +294,25 @@ fn current_call(sk: u64, inbound: bool) -> Option<Call> {
         vlen: r.arg[2],
         how,
     })
+}
+
+/// Counts a call whose buffers sonde cannot read, if it moved data of a
+/// connection sonde would watch: not one filtered out by port, nor one
+/// known not to be HTTP.
+#[inline(always)]
+fn count_unsupported(cfg: &Config, sk: u64) {
+    let (local, peer) = sock_ports(sk);
+    if !port_wanted(cfg, local, peer) {
+        return;
+    }
+    if let Some(key) = unsafe { SOCKS.get(sk) } {
+        if let Some(st) = unsafe { CONNS.get(*key) } {
+            if st.sk == sk && st.proto == proto::OTHER {
+                return;
+            }
+        }
+    }
+    count(counter::UNSUPPORTED_CALL);
 }
 
 // ---------------------------------------------------------------- data
@@ -350,7 +371,7 @@ fn on_sock_call(ctx: &RawTracePointContext, inbound: bool) {
     if !tgid_wanted(&cfg, (pid_tgid >> 32) as u32) {
         return;
     }
-    let Some(call) = current_call(sk, inbound) else {
+    let Some(call) = current_call(&cfg, sk, inbound) else {
         return;
     };
     on_data(&cfg, pid_tgid, &call, ret as u64);
@@ -434,46 +455,25 @@ fn on_data(cfg: &Config, pid_tgid: u64, call: &Call, ret: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let key = ConnKey { tgid, fd: call.fd };
     let st = match CONNS.get_ptr_mut(key) {
-        Some(p) => p,
-        None => {
-            let fresh = ConnState {
-                sk: 0,
-                id: 0,
-                proto: proto::UNKNOWN,
-                misses: 0,
-            };
-            if CONNS.insert(key, fresh, 0).is_err() {
-                count(counter::CONN_TABLE_FULL);
+        Some(p) if unsafe { (*p).sk } == call.sk => p,
+        known => {
+            if let Some(p) = known {
+                // Same fd, another socket: the old connection is gone (its
+                // close was not seen, e.g. the socket lives on in a child).
+                end_conn(cfg, unsafe { (*p).sk }, &key);
+            }
+            // Connections filtered out by port take no table slot.
+            let (local, peer) = sock_ports(call.sk);
+            if !port_wanted(cfg, local, peer) {
                 return;
             }
-            match CONNS.get_ptr_mut(key) {
+            match track(key, call.sk) {
                 Some(p) => p,
                 None => return,
             }
         }
     };
     let st = unsafe { &mut *st };
-    if st.sk != call.sk {
-        if st.sk != 0 {
-            // Same fd, another socket: the old connection is gone (its
-            // close was not seen, e.g. the socket lives on in a child).
-            emit_close(cfg, &key, st);
-            let _ = SOCKS.remove(st.sk);
-        }
-        st.sk = call.sk;
-        st.id = new_id();
-        st.proto = proto::UNKNOWN;
-        st.misses = 0;
-        if SOCKS.insert(call.sk, key, 0).is_err() {
-            // Its close will not be seen; userspace expires it when idle.
-            count(counter::CONN_TABLE_FULL);
-        }
-        let (local, peer) = sock_ports(call.sk);
-        if !port_wanted(cfg, local, peer) {
-            st.proto = proto::OTHER;
-            return;
-        }
-    }
     if st.proto == proto::OTHER {
         return;
     }
@@ -500,8 +500,16 @@ fn on_data(cfg: &Config, pid_tgid: u64, call: &Call, ret: u64) {
             }
             return;
         }
+        st.proto = proto::UNANNOUNCED;
+    }
+    if st.proto == proto::UNANNOUNCED {
+        if !emit_open(cfg, &key, st, pid_tgid) {
+            // This record is lost with it: it would name a connection
+            // userspace has not heard of.
+            count(counter::RINGBUF_FULL);
+            return;
+        }
         st.proto = proto::HTTP1;
-        emit_open(cfg, &key, st, pid_tgid);
     }
     rec.ev = DataEvent {
         hdr: EventHeader {
@@ -533,6 +541,26 @@ fn on_data(cfg: &Config, pid_tgid: u64, call: &Call, ret: u64) {
     } else {
         count(counter::DATA_EVENTS);
     }
+}
+
+/// Starts tracking the connection on `key`'s fd; `None` if the table is full.
+#[inline(always)]
+fn track(key: ConnKey, sk: u64) -> Option<*mut ConnState> {
+    let fresh = ConnState {
+        sk,
+        id: new_id(),
+        proto: proto::UNKNOWN,
+        misses: 0,
+    };
+    if CONNS.insert(key, fresh, 0).is_err() {
+        count(counter::CONN_TABLE_FULL);
+        return None;
+    }
+    if SOCKS.insert(sk, key, 0).is_err() {
+        // Its close will not be seen; userspace expires it when idle.
+        count(counter::CONN_TABLE_FULL);
+    }
+    CONNS.get_ptr_mut(key)
 }
 
 /// Copies up to `want` bytes of the call's payload; returns how many.
@@ -664,7 +692,8 @@ fn looks_like_http(p: &[u8; 2 * MAX_CAPTURE], n: u64) -> bool {
     false
 }
 
-fn emit_open(cfg: &Config, key: &ConnKey, st: &ConnState, pid_tgid: u64) {
+/// Writes the connection's CONN_OPEN record; false if it did not fit.
+fn emit_open(cfg: &Config, key: &ConnKey, st: &ConnState, pid_tgid: u64) -> bool {
     let sk = st.sk;
     let mut ev = ConnEvent {
         hdr: EventHeader {
@@ -702,15 +731,13 @@ fn emit_open(cfg: &Config, key: &ConnKey, st: &ConnState, pid_tgid: u64) {
         ev.peer_addr[..4].copy_from_slice(&pair[..4]);
         ev.local_addr[..4].copy_from_slice(&pair[4..]);
     }
-    output(cfg, &ev);
+    output(cfg, &ev)
 }
 
 // ---------------------------------------------------------------- close
 
-const TCP_ESTABLISHED: i32 = 1;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
-const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 const RCV_SHUTDOWN: u8 = 1;
 
@@ -720,16 +747,16 @@ const RCV_SHUTDOWN: u8 = 1;
 /// slow path. The rule, by the state the socket enters:
 /// - FIN_WAIT1 or LAST_ACK with its receiving side shut: close(2) (a
 ///   shutdown(SHUT_WR) sends the same FIN but the socket still reads);
-/// - CLOSE straight from an open state: a reset or an abort;
 /// - CLOSE of an orphan: the owner closed it earlier, half-closed
 ///   (shutdown(SHUT_WR) then close(2), as Python's socketserver does).
 ///
-/// A socket that reaches CLOSE while its owner still holds it (the peer's
-/// FIN after our own) ends at `sock_destroy`, when the owner lets it go:
-/// until then it may still read data queued before that FIN.
+/// A socket that reaches CLOSE while its owner still holds it (a reset, an
+/// abort, the peer's FIN after our own) ends at `sock_destroy`, when the
+/// owner lets it go: until then it still reads what was queued before, a
+/// response that arrived just ahead of the reset among it.
 #[tracepoint]
 pub fn sock_state(ctx: TracePointContext) -> u32 {
-    // skaddr @8, oldstate @16, newstate @20, protocol @30.
+    // skaddr @8, newstate @20, protocol @30.
     let newstate = field::<i32>(&ctx, 20);
     if !(newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK || newstate == TCP_CLOSE)
         || field::<u16>(&ctx, 30) != IPPROTO_TCP
@@ -742,8 +769,7 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
     };
     let cfg = config();
     let ends = if newstate == TCP_CLOSE {
-        let oldstate = field::<i32>(&ctx, 16);
-        oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT || is_orphan(&cfg, sk)
+        is_orphan(&cfg, sk)
     } else {
         receive_shut(&cfg, sk)
     };

@@ -1,6 +1,6 @@
 //! Connections that misbehave on a watched port: clients that never finish a
 //! request head (slowloris), thousands of connections open at once and more
-//! than sonde may track, resets from either side mid-exchange, a request
+//! than sonde may track (on watched ports or beside them), resets from either side mid-exchange, a request
 //! on a connection its server already closed, a server killed mid-request,
 //! fds and pids reused by new connections and processes. Each case checks
 //! that sonde survives, that the legitimate traffic beside the hostile one
@@ -308,10 +308,6 @@ fn connections_beyond_the_table_are_counted_as_lost() {
     const LIMIT: usize = 1024;
     /// 2000 ends, both watched: about twice the table.
     const CONNECTIONS: usize = 1000;
-    /// The kernel's table holds every TCP connection on the machine that
-    /// moved data while sonde ran (filtered out ones too, until they close):
-    /// a few belong to other programs.
-    const OTHERS: usize = 64;
     let nginx = nginx_for_thousands();
     let port = nginx.server().port();
     let args = [
@@ -332,9 +328,12 @@ fn connections_beyond_the_table_are_counted_as_lost() {
         s.value(TRACKED, &[])
             .is_some_and(|t| t > 0.0 && t == exchanges(s))
     });
+    // Only watched connections take a slot (this test's scrapes, filtered
+    // out by port, do not): the table fills with this test's ends.
     let tracked = scrape.value(TRACKED, &[]).unwrap() as usize;
-    assert!(
-        (LIMIT - OTHERS..=LIMIT).contains(&tracked),
+    assert_eq!(
+        tracked,
+        LIMIT,
         "{}",
         sonde.failure(&format!("{tracked} ends tracked"), &scrape)
     );
@@ -395,6 +394,47 @@ fn connections_beyond_the_table_are_counted_as_lost() {
         sonde.failure("nothing lost once the table has room", &scrape)
     );
     drop(after);
+    stop_after_all_closed(sonde);
+}
+
+/// Connections on ports sonde does not watch take no slot in its tables:
+/// more of them than the table holds, open at once, leave room for the one
+/// watched connection beside them, and nothing is counted lost.
+#[test]
+fn unwatched_connections_take_no_slot() {
+    /// The smallest `--max-connections`.
+    const LIMIT: usize = 1024;
+    /// 2200 unwatched ends.
+    const UNWATCHED: usize = 1100;
+    let nginx = nginx_for_thousands();
+    let python = servers::python();
+    let args = [
+        "--port",
+        &python.port().to_string(),
+        "--max-connections",
+        &LIMIT.to_string(),
+    ];
+    let sonde = Sonde::start(&args.map(String::from)).unwrap();
+
+    let mut unwatched = connections(nginx.server().port(), UNWATCHED);
+    request_on_each(&mut unwatched, |_| ("/api/items", 200));
+    let mut watched = HttpConn::connect(python.port()).unwrap();
+    assert_eq!(watched.get("/fast").unwrap().status, 200);
+
+    let py = python.service_name();
+    let scrape = await_exchanges(
+        &sonde,
+        python.port(),
+        &[(&[&py, "GET", "/fast", "200"], 1.0)],
+        &[("200", 1.0)],
+    );
+    assert_totals(
+        &sonde,
+        &scrape,
+        &[(TRACKED, 0.0), (EVENTS_LOST, 0.0), (HTTP_ANOMALIES, 0.0)],
+        "nothing lost, nothing left tracked once Python closed its connection",
+    );
+    drop((unwatched, watched));
     stop_after_all_closed(sonde);
 }
 

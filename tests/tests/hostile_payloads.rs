@@ -311,9 +311,8 @@ fn header_blocks_of_64_kib(capture: u32) {
     .unwrap();
     let ng = nginx.server();
     // The servers' ends only: Python resets the connection after its 431
-    // (the rest of the head is unread), and today the kernel programs end a
-    // reset connection at once, before the client has read the 431 queued
-    // for it (see `a_reset_does_not_end_a_connection_before_its_answer_is_read`).
+    // (the rest of the head is unread), and what the client's end makes of
+    // that is `a_reset_does_not_end_a_connection_before_its_answer_is_read`.
     let sonde = sonde_with(
         &[python.port(), ng.port()],
         &[
@@ -333,9 +332,10 @@ fn header_blocks_of_64_kib(capture: u32) {
 
     // How the server's end saw each head. An end that reads a head in
     // pieces larger than the capture sees it cut (`capture_gap`): nginx's
-    // second read (into its large buffer), Python's 8 KiB reads. At the largest capture Python's reads are seen
-    // whole: the huge field outgrows what sonde holds (`head_too_large`),
-    // and the 101st field is refused before the head ends (`bad_head`).
+    // second read (into its large buffer), Python's 8 KiB reads. At the
+    // largest capture Python's reads are seen whole: the huge field outgrows
+    // what sonde holds (`head_too_large`), and the 101st field is refused
+    // before the head ends (`bad_head`).
     let whole_reads = capture >= 8192;
     let (many_route, huge_route) = ("/headers/many", "/headers/huge");
     let cases = [
@@ -603,18 +603,14 @@ fn hostile_paths_beyond_the_route_budget_overflow() {
     sonde.stop();
 }
 
-/// What the kernel programs get wrong today (probe-ebpf `sock_state`): a
-/// reset moves an established socket to CLOSE and the connection is ended
-/// at once, while its owner still holds it and has not read the answer
-/// queued before the reset. Here Python refuses 101 fields with 431 and
-/// closes with the rest of the head unread, which resets the connection;
-/// the client reads the 431 only after the reset. sonde then counts the
-/// request `closed_unanswered` and the 431 `unpaired_response` on a
-/// connection of its own. Ending a reset connection still held by its
-/// owner at `sock_destroy` (as one closed by the peer's FIN after ours
-/// already is) would pair them.
+/// A reset moves an established socket to CLOSE while its owner still holds
+/// it and has not read the answer queued before the reset. Here Python
+/// refuses 101 fields with 431 and closes with the rest of the head unread,
+/// which resets the connection; the client reads the 431 only after the
+/// reset. The connection must last until the client lets the socket go, so
+/// the 431 pairs with its request (not `closed_unanswered` plus an
+/// `unpaired_response` on a connection of its own).
 #[test]
-#[ignore = "kernel programs end a reset connection before its queued answer is read"]
 fn a_reset_does_not_end_a_connection_before_its_answer_is_read() {
     let python = servers::python();
     let sonde = Sonde::watching_ports(&[python.port()]);
