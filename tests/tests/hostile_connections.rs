@@ -298,25 +298,31 @@ fn thousands_of_concurrent_connections_are_counted_exactly() {
     stop_after_all_closed(sonde);
 }
 
-/// More connections than sonde may track at once (`--max-connections`,
-/// which sizes the kernel's connection table too): those beyond it are
-/// counted as lost, not guessed at; those tracked are counted exactly; and
-/// once they close, the table is free for new connections again.
-#[test]
-fn connections_beyond_the_table_are_counted_as_lost() {
-    /// The smallest `--max-connections`.
-    const LIMIT: usize = 1024;
-    /// 2000 ends, both watched: about twice the table.
-    const CONNECTIONS: usize = 1000;
-    let nginx = nginx_for_thousands();
-    let port = nginx.server().port();
+/// The smallest `--max-connections`.
+const LIMIT: usize = 1024;
+
+/// sonde watching `port` only, with a connection table of [`LIMIT`].
+fn sonde_with_smallest_table(port: u16) -> Sonde {
     let args = [
         "--port",
         &port.to_string(),
         "--max-connections",
         &LIMIT.to_string(),
     ];
-    let sonde = Sonde::start(&args.map(String::from)).unwrap();
+    Sonde::start(&args.map(String::from)).unwrap()
+}
+
+/// More connections than sonde may track at once (`--max-connections`,
+/// which sizes the kernel's connection table too): those beyond it are
+/// counted as lost, not guessed at; those tracked are counted exactly; and
+/// once they close, the table is free for new connections again.
+#[test]
+fn connections_beyond_the_table_are_counted_as_lost() {
+    /// 2000 ends, both watched: about twice the table.
+    const CONNECTIONS: usize = 1000;
+    let nginx = nginx_for_thousands();
+    let port = nginx.server().port();
+    let sonde = sonde_with_smallest_table(port);
     let me = me();
 
     let mut conns = connections(port, CONNECTIONS);
@@ -402,19 +408,11 @@ fn connections_beyond_the_table_are_counted_as_lost() {
 /// watched connection beside them, and nothing is counted lost.
 #[test]
 fn unwatched_connections_take_no_slot() {
-    /// The smallest `--max-connections`.
-    const LIMIT: usize = 1024;
-    /// 2200 unwatched ends.
+    /// 2200 unwatched ends: more than the table holds.
     const UNWATCHED: usize = 1100;
     let nginx = nginx_for_thousands();
     let python = servers::python();
-    let args = [
-        "--port",
-        &python.port().to_string(),
-        "--max-connections",
-        &LIMIT.to_string(),
-    ];
-    let sonde = Sonde::start(&args.map(String::from)).unwrap();
+    let sonde = sonde_with_smallest_table(python.port());
 
     let mut unwatched = connections(nginx.server().port(), UNWATCHED);
     request_on_each(&mut unwatched, |_| ("/api/items", 200));
